@@ -103,4 +103,6 @@ def resolve_budget(
                 ) from None
         else:
             budget = auto_budget(q_shapes)
-    return int(budget), rank_for_budget(shapes, int(budget))
+    # validate before any int(): int(1.5e6) or int(True) would silently accept a non-integer
+    r = rank_for_budget(shapes, budget)
+    return budget, r

@@ -143,11 +143,12 @@ class LoraLayer(nn.Module):
     def add(self, target: Target, r: int) -> LoraFactor:
         """Attach a factor pair for ``target`` (a whole module or one fused slice)."""
         name = target.type if target.fused else "main"
-        factor = LoraFactor(r, target.d, target.k)
+        factor = LoraFactor(r, target.d, target.k).train(self.training)
         self.factors[name] = factor
         self.targets[name] = target
         if target.index is not None:
-            self.register_buffer(f"index_{name}", torch.tensor(target.index), persistent=False)
+            index = torch.tensor(target.index, device=self.base_layer.weight.device)
+            self.register_buffer(f"index_{name}", index, persistent=False)
         return factor
 
     def _index(self, name: str) -> torch.Tensor | None:
@@ -251,6 +252,7 @@ def inject_lora(
         if layer is None:
             base = model.get_submodule(t.module)
             layer = LoraLayer(base, cfg.scale, cfg.dropout)
+            layer.train(base.training)  # a new module starts in train mode: keep the model's mode
             _set_module(model, t.module, layer)
             wrapped[t.module] = layer
         factor = layer.add(t, cfg.r)
@@ -438,6 +440,8 @@ def import_peft_adapter(peft_dir: str | os.PathLike, model: nn.Module | None = N
         raise AdapterError(f"{d}: peft_type is {cfg.get('peft_type')!r}, only LORA adapters are supported")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise AdapterError(f"{d}: per-module ranks (rank_pattern/alpha_pattern) are not supported")
+    if cfg.get("use_dora"):  # DoRA's magnitude vector changes ΔW; reading only A, B would be wrong
+        raise AdapterError(f"{d}: DoRA adapters (use_dora=true) are not plain LoRA; not supported")
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     rslora = bool(cfg.get("use_rslora", False))
     A, B = {}, {}

@@ -110,6 +110,7 @@ def atomic_save_safetensors(
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        _sort_header(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -119,6 +120,24 @@ def atomic_save_safetensors(
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _sort_header(path: str) -> None:
+    """Rewrite a safetensors header with sorted keys, in place and at the same length.
+
+    safetensors stores ``__metadata__`` from a hash map, so its key order (and so the file's
+    bytes) changes from one process to the next; sorting makes equal content give equal files.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if isinstance(header.get("__metadata__"), dict):
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+        if len(text) > n:  # cannot happen for a reordering; keep the library's bytes if it does
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -365,11 +384,17 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     file = path / ADAPTER_FILE if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"no adapter file at {file}; is this a finished run directory?")
-    md = _read_metadata(file)
+    try:
+        md = _read_metadata(file)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise ValueError(
+            f"{file} is not a lora-repro adapter (not a readable safetensors file: {e}); "
+            "read a peft adapter folder with lora_repro.lora.import_peft_adapter(DIR)"
+        ) from e
     if md.get("format") != ADAPTER_FORMAT:
         raise ValueError(
             f"{file} is not a lora-repro adapter (header format={md.get('format')!r}); "
-            "convert a peft adapter with `python -m lora_repro.lora import-peft DIR OUT`"
+            "read a peft adapter folder with lora_repro.lora.import_peft_adapter(DIR)"
         )
     tensors = load_file(str(file))
     A, B = {}, {}

@@ -63,21 +63,20 @@ FAMILY_PATTERNS: dict[str, dict[str, str]] = {
     },
 }
 
-# transformers ``config.model_type`` -> family
+# transformers ``config.model_type`` -> family. Not mapped on purpose: "deberta" (v1, fused
+# ``in_proj``) and "phi3" (fused ``qkv_proj`` with GQA sizes): q, k, v share one module there.
 MODEL_TYPE_FAMILY: dict[str, str] = {
     "bert": "bert",
     "roberta": "bert",
     "xlm-roberta": "bert",
     "electra": "bert",
     "deberta-v2": "deberta-v2",
-    "deberta": "deberta-v2",
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",
     "qwen3": "llama",
     "gemma": "llama",
     "gemma2": "llama",
-    "phi3": "llama",
     "opt": "opt",
     "gpt2": "gpt2",
     "gpt_neox": "gpt_neox",
