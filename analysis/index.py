@@ -90,7 +90,9 @@ def _shape_sums(results: Path, model: str) -> dict[str, list[tuple[int, int]]] |
     return shapes
 
 
-def budget_ranks(results: str | Path, model: str, budget: int | None = None) -> dict[str, int] | None:
+def budget_ranks(
+    results: str | Path, model: str, budget: int | None = None
+) -> dict[str, int] | None:
     """Rank per Table 5 weight-type set under the budget rule (``None`` budget = auto).
 
     Uses the pretrained-weight shapes saved with the runs; ``None`` when they are absent.
@@ -99,7 +101,10 @@ def budget_ranks(results: str | Path, model: str, budget: int | None = None) -> 
     if shapes is None:
         return None
     budget = auto_budget(shapes["q"]) if budget is None else budget
-    return {s: rank_for_budget([sh for t in s.split(",") for sh in shapes[t]], budget) for s in TABLE5_SETS}
+    return {
+        s: rank_for_budget([sh for t in s.split(",") for sh in shapes[t]], budget)
+        for s in TABLE5_SETS
+    }
 
 
 def _cell(g: pd.DataFrame) -> dict:
@@ -138,15 +143,22 @@ def table5(index: pd.DataFrame, results: str | Path, budget: int | None = None) 
         for i, s in enumerate(TABLE5_SETS):
             sel = g[(g["targets"] == s) & (g["r"] == ranks[s])]
             c = _cell(sel) if len(sel) else None
-            rows.append({
-                "task": task, "model": model, "targets": s, "r": ranks[s],
-                "params": c["params"] if c else None,
-                "val_acc_mean": c["mean"] if c else None, "val_acc_std": c["std"] if c else None,
-                "n_seeds": c["n"] if c else 0, "cell": _fmt(c),
-                "paper_r": PAPER["table5"]["r"][i],
-                "paper_WikiSQL": PAPER["table5"]["WikiSQL"][i],
-                "paper_MultiNLI": PAPER["table5"]["MultiNLI"][i],
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "targets": s,
+                    "r": ranks[s],
+                    "params": c["params"] if c else None,
+                    "val_acc_mean": c["mean"] if c else None,
+                    "val_acc_std": c["std"] if c else None,
+                    "n_seeds": c["n"] if c else 0,
+                    "cell": _fmt(c),
+                    "paper_r": PAPER["table5"]["r"][i],
+                    "paper_WikiSQL": PAPER["table5"]["WikiSQL"][i],
+                    "paper_MultiNLI": PAPER["table5"]["MultiNLI"][i],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -158,14 +170,21 @@ def table6(index: pd.DataFrame) -> pd.DataFrame:
             for j, r in enumerate(TABLE6_RANKS):
                 sel = g[(g["targets"] == s) & (g["r"] == r)]
                 c = _cell(sel) if len(sel) else None
-                rows.append({
-                    "task": task, "model": model, "targets": s, "r": r,
-                    "params": c["params"] if c else None,
-                    "val_acc_mean": c["mean"] if c else None, "val_acc_std": c["std"] if c else None,
-                    "n_seeds": c["n"] if c else 0, "cell": _fmt(c),
-                    "paper_WikiSQL": PAPER["table6"]["WikiSQL"][s][j],
-                    "paper_MultiNLI": PAPER["table6"]["MultiNLI"][s][j],
-                })
+                rows.append(
+                    {
+                        "task": task,
+                        "model": model,
+                        "targets": s,
+                        "r": r,
+                        "params": c["params"] if c else None,
+                        "val_acc_mean": c["mean"] if c else None,
+                        "val_acc_std": c["std"] if c else None,
+                        "n_seeds": c["n"] if c else 0,
+                        "cell": _fmt(c),
+                        "paper_WikiSQL": PAPER["table6"]["WikiSQL"][s][j],
+                        "paper_MultiNLI": PAPER["table6"]["MultiNLI"][s][j],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -183,12 +202,26 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str) -> str:
     """A booktabs LaTeX table of ``df``."""
+
     def esc(s: str) -> str:
-        return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("±", "$\\pm$")
+        return (
+            s.replace("\\", "\\textbackslash{}")
+            .replace("_", "\\_")
+            .replace("%", "\\%")
+            .replace("&", "\\&")
+            .replace("±", "$\\pm$")
+        )
 
     cols = [esc(str(c)) for c in df.columns]
-    out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(caption)}}}",
-           "\\begin{tabular}{" + "l" * len(cols) + "}", "\\toprule", " & ".join(cols) + " \\\\", "\\midrule"]
+    out = [
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{esc(caption)}}}",
+        "\\begin{tabular}{" + "l" * len(cols) + "}",
+        "\\toprule",
+        " & ".join(cols) + " \\\\",
+        "\\midrule",
+    ]
     for _, row in df.iterrows():
         out.append(" & ".join("" if _isna(v) else esc(_show(v)) for v in row) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
@@ -225,8 +258,10 @@ def write_index(index: pd.DataFrame, results: str | Path) -> list[Path]:
     index.to_parquet(pq, index=False)
     buf = io.StringIO()
     index.to_csv(buf, index=False)
-    return [runs.atomic_write_bytes(results / "index.parquet", pq.getvalue()),
-            runs.atomic_write_text(results / "index.csv", buf.getvalue())]
+    return [
+        runs.atomic_write_bytes(results / "index.parquet", pq.getvalue()),
+        runs.atomic_write_text(results / "index.csv", buf.getvalue()),
+    ]
 
 
 def unfinished_runs(results: str | Path) -> list[tuple[Path, str | None]]:
@@ -248,8 +283,10 @@ def collect(results: str | Path, budget: int | None = None) -> dict[str, pd.Data
     if index.empty:
         return out
     t5, t6 = table5(index, results, budget), table6(index)
-    note = ("Ours: validation accuracy (%) mean ± std over seeds (n = seeds). Paper: GPT-3 175B "
-            "(arXiv 2106.09685 v2), for reference only — another model and other tasks.")
+    note = (
+        "Ours: validation accuracy (%) mean ± std over seeds (n = seeds). Paper: GPT-3 175B "
+        "(arXiv 2106.09685 v2), for reference only — another model and other tasks."
+    )
     tables = results / "tables"
     if not t5.empty:
         write_table(t5, tables / "table5", PAPER["table5"]["caption"] + " — reproduction", note)
@@ -262,7 +299,9 @@ def collect(results: str | Path, budget: int | None = None) -> dict[str, pd.Data
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", help="results folder (paths.results)")
-    p.add_argument("--budget", type=int, default=None, help="Table 5 budget (default: r=8 on Wq alone)")
+    p.add_argument(
+        "--budget", type=int, default=None, help="Table 5 budget (default: r=8 on Wq alone)"
+    )
     args = p.parse_args(argv)
     out = collect(args.results, args.budget)
     n = len(out["index"])
@@ -270,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("table5", "table6"):
         if name in out and not out[name].empty:
             filled = int((out[name]["n_seeds"] > 0).sum())
-            print(f"{name}: {filled}/{len(out[name])} cells -> {Path(args.results) / 'tables' / name}.md")
+            print(
+                f"{name}: {filled}/{len(out[name])} cells -> {Path(args.results) / 'tables' / name}.md"
+            )
     bad = unfinished_runs(args.results)
     for run_dir, status in bad:
         print(f"not finished ({status or 'no status'}): {run_dir}", file=sys.stderr)

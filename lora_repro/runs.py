@@ -60,6 +60,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_in(folder: Path, name: str) -> tuple[int, str]:
+    """A temp file beside the target, with the permissions a plain ``open`` would give it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
@@ -70,7 +83,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_in(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -92,7 +105,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (NaN written as null-free JSON is not allowed)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
 
 
 def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:
@@ -106,7 +121,7 @@ def atomic_save_safetensors(
     """Atomically save numpy arrays as a safetensors file with string ``metadata`` in the header."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_in(path.parent, path.name)
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
@@ -133,7 +148,9 @@ def _sort_header(path: str) -> None:
         header = json.loads(f.read(n))
         if isinstance(header.get("__metadata__"), dict):
             header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        text = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+        text = json.dumps(
+            header, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+        ).encode()
         if len(text) > n:  # cannot happen for a reordering; keep the library's bytes if it does
             return
         f.seek(8)
@@ -350,7 +367,9 @@ def save_adapter(
     for key in A:
         a, b = np.asarray(A[key], np.float32), np.asarray(B[key], np.float32)
         if a.shape[0] != b.shape[1]:
-            raise ValueError(f"{key}: A is {a.shape} but B is {b.shape}; expected A (r, k), B (d, r)")
+            raise ValueError(
+                f"{key}: A is {a.shape} but B is {b.shape}; expected A (r, k), B (d, r)"
+            )
         tensors[f"{key}.lora_A.weight"] = a
         tensors[f"{key}.lora_B.weight"] = b
     return atomic_save_safetensors(tensors, path, metadata)
@@ -360,7 +379,9 @@ def _split_factor_key(name: str) -> tuple[str, str]:
     for suffix, which in ((".lora_A.weight", "A"), (".lora_B.weight", "B")):
         if name.endswith(suffix):
             return name[: -len(suffix)], which
-    raise ValueError(f"not a LoRA factor key: {name!r} (expected '<module>.lora_A.weight' or '.lora_B.weight')")
+    raise ValueError(
+        f"not a LoRA factor key: {name!r} (expected '<module>.lora_A.weight' or '.lora_B.weight')"
+    )
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -406,7 +427,17 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     init_file = file.parent / ADAPTER_INIT_FILE
     if init_file.exists():
         A_init = {_split_factor_key(n)[0]: t for n, t in load_file(str(init_file)).items()}
-    known = {"format", "r", "alpha", "scaling", "init", "targets", "base_model", "modules", "n_layers"}
+    known = {
+        "format",
+        "r",
+        "alpha",
+        "scaling",
+        "init",
+        "targets",
+        "base_model",
+        "modules",
+        "n_layers",
+    }
     return Adapter(
         r=int(md["r"]),
         alpha=float(md["alpha"]),
@@ -432,7 +463,10 @@ def base_weights_path(results: str | os.PathLike, model_name: str) -> Path:
 
 
 def save_base_weights(
-    path: str | os.PathLike, weights: dict[str, np.ndarray], modules: dict[str, ModuleInfo], model_id: str
+    path: str | os.PathLike,
+    weights: dict[str, np.ndarray],
+    modules: dict[str, ModuleInfo],
+    model_id: str,
 ) -> Path:
     """Atomically save pretrained W (d, k) per adapter key, float32, with module info in the header."""
     md = {
@@ -445,7 +479,9 @@ def save_base_weights(
     )
 
 
-def load_base_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, ModuleInfo]]:
+def load_base_weights(
+    path: str | os.PathLike,
+) -> tuple[dict[str, np.ndarray], dict[str, ModuleInfo]]:
     """Read pretrained W saved by :func:`save_base_weights`: ``(key -> W (d, k), key -> ModuleInfo)``.
 
     Raises:

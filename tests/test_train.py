@@ -43,8 +43,15 @@ def test_run_directory_is_complete(results):
     cfg, summary, run_dir = _fit(results)
     assert run_dir == results / "runs" / "rotten_tomatoes" / "minilm" / "q_v-r8-a8" / "seed0"
     names = {p.name for p in run_dir.iterdir()}
-    assert names == {"config.yaml", "meta.json", "metrics.jsonl", "summary.json", "adapter.safetensors",
-                     "adapter_init.safetensors", "status.json"}
+    assert names == {
+        "config.yaml",
+        "meta.json",
+        "metrics.jsonl",
+        "summary.json",
+        "adapter.safetensors",
+        "adapter_init.safetensors",
+        "status.json",
+    }
     assert runs.read_json(run_dir / "status.json")["status"] == "success"
     saved = runs.read_config(run_dir)
     assert saved["adapter"]["r"] == 8 and saved["adapter"]["targets"] == ["q", "v"]
@@ -116,7 +123,14 @@ def test_nan_loss_fails_the_run(results):
 
 
 def _train_cmd(results: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.train", f"paths.results={results}", *FAST, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"paths.results={results}",
+        *FAST,
+        *overrides,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -131,7 +145,9 @@ def _train_cmd(results: Path, *overrides: str) -> list[str]:
     ],
 )
 def test_bad_overrides_exit_with_a_clear_error(results, override, message):
-    p = subprocess.run(_train_cmd(results, override), cwd=REPO, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        _train_cmd(results, override), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode != 0
     assert message in p.stderr
     assert "Traceback" not in p.stderr
@@ -150,8 +166,12 @@ def test_killed_run_is_not_finished_and_a_rerun_completes(results):
     proc.wait()
     assert runs.run_status(run_dir) == "running" and not runs.is_finished(run_dir)
     assert runs.find_runs(results) == []
-    assert not (run_dir / "summary.json").exists() and not (run_dir / "adapter.safetensors").exists()
-    p = subprocess.run(cmd[:-1] + ["train.max_steps=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert (
+        not (run_dir / "summary.json").exists() and not (run_dir / "adapter.safetensors").exists()
+    )
+    p = subprocess.run(
+        cmd[:-1] + ["train.max_steps=3"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     assert runs.is_finished(run_dir)
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3

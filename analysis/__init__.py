@@ -1,0 +1,52 @@
+"""Analysis of saved LoRA factors: subspace similarity φ, factored SVD, Table 7 (paper §7).
+
+Pure functions on arrays read from run directories through :mod:`lora_repro.runs`; this package
+never imports torch, transformers or the training code.
+
+Modules:
+    subspace: φ (Eq. 4) on any view of the factors, factored SVD of ΔW = B·A, random baselines.
+    amplification: ‖UᵀWV‖F, amplification factor and the rest of Table 7 (§7.3).
+    collect: finding runs by config, loading one layer's factors and W.
+    tables: Table 7 as a DataFrame with the paper's values, md / csv / tex writers.
+    figures: ``python -m analysis.figures`` (plots in ``figures.plots``).
+"""
+
+from analysis.amplification import (
+    amplification_factor,
+    check_orientation,
+    projection_norm,
+    random_orthonormal,
+    table7_stats,
+    w_vs_dw_phi,
+)
+from analysis.subspace import (
+    VIEWS,
+    FactoredSVD,
+    factored_svd,
+    left_singular_vectors,
+    phi,
+    phi_grid,
+    random_phi_expected,
+    random_phi_grid,
+    right_singular_vectors,
+    view_basis,
+)
+
+__all__ = [
+    "VIEWS",
+    "FactoredSVD",
+    "amplification_factor",
+    "check_orientation",
+    "factored_svd",
+    "left_singular_vectors",
+    "phi",
+    "phi_grid",
+    "projection_norm",
+    "random_orthonormal",
+    "random_phi_expected",
+    "random_phi_grid",
+    "right_singular_vectors",
+    "table7_stats",
+    "view_basis",
+    "w_vs_dw_phi",
+]

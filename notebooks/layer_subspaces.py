@@ -1,0 +1,150 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # One layer's LoRA subspaces (paper §7.2–7.3)
+#
+# Reads finished runs from a results folder (never trains) and shows, for one layer and one
+# weight type:
+#
+# 1. φ(i, j) (paper Eq. 4) between two runs (by default the smallest and the largest rank of the
+#    `[q, v]` runs at seed 0, i.e. r = 8 vs r = 64) under every subspace view, and a random
+#    Gaussian baseline;
+# 2. the singular-value spectra of A, B and ΔW = (α/r)·B·A;
+# 3. the Table 7 numbers (‖UᵀWV‖F for ΔW's, W's and random directions, ‖ΔW‖F, amplification,
+#    ratio to random) for each run.
+#
+# Generate the `.ipynb` with `jupytext --to ipynb notebooks/layer_subspaces.py`.
+
+# %%
+import sys
+from pathlib import Path
+
+ROOT = next(
+    (p for p in [Path.cwd(), *Path.cwd().parents] if (p / "analysis" / "subspace.py").exists()),
+    Path.cwd(),
+)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from IPython.display import Image, Markdown, display  # noqa: E402
+
+from analysis import amplification as amp  # noqa: E402
+from analysis import layer_data as ld  # noqa: E402
+from analysis import subspace as sub  # noqa: E402
+from analysis.figures import plots  # noqa: E402
+
+# %% tags=["parameters"]
+RESULTS = "results"  # results folder, relative to the repository root or absolute
+TASK = "rotten_tomatoes"
+MODEL = "minilm"
+RUN_DIRS = None  # two run directories to compare; None: [q,v] seed 0, smallest vs largest rank
+LAYER = None  # block index; None: the middle one (n_layers // 2, the paper's 48 of 96)
+WEIGHT = "q"  # weight type: q, k, v or o
+N_RANDOM = 10  # random orthonormal pairs for Table 7's random level
+SEED = 0  # seed of the random baselines
+
+# %%
+results = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
+records = [r for r in ld.index_runs(results) if (r.spec.task, r.spec.model) == (TASK, MODEL)]
+if RUN_DIRS is None:
+    ranks = ld.ranks_available(records, task=TASK, model=MODEL, targets=("q", "v"), seed=0)
+    if len(ranks) < 2:
+        raise RuntimeError(
+            f"need [q,v] runs at two ranks (seed 0) under {results}; found ranks {ranks}. "
+            "Run the `subspace` sweep, or set RUN_DIRS."
+        )
+    pick = [
+        ld.select_run(records, ld.RunSpec(TASK, MODEL, ("q", "v"), r, 0))
+        for r in (ranks[0], ranks[-1])
+    ]
+    run_dirs = [p.path for p in pick]
+else:
+    run_dirs = [Path(p) if Path(p).is_absolute() else ROOT / p for p in RUN_DIRS]
+
+cache = ld.AdapterCache()
+adapters = [cache.get(p) for p in run_dirs]
+n_layers = ld.n_layers_of(adapters[0])
+layer = ld.default_layer(n_layers) if LAYER is None else ld.check_layer(LAYER, n_layers)
+factors = [ld.layer_factors(a, WEIGHT, layer) for a in adapters]
+labels = [
+    f"r={f.r} ({Path(p).parent.name}/{Path(p).name})"
+    for f, p in zip(factors, run_dirs, strict=True)
+]
+display(Markdown(f"**Layer {layer} of {n_layers}, ΔW{WEIGHT}**: " + " vs ".join(labels)))
+
+# %% [markdown]
+# ## φ(i, j) under every view
+# `A` is the paper's view (right-singular vectors of A). `dA` needs `adapter_init.safetensors`.
+
+# %%
+f1, f2 = factors
+panels, phi11 = [], {}
+for view in sub.VIEWS:
+    try:
+        u1 = sub.view_basis(view, f1.A, f1.B, f1.A_init)
+        u2 = sub.view_basis(view, f2.A, f2.B, f2.A_init)
+    except ValueError as e:
+        print(f"view {view}: {e}")
+        continue
+    grid = sub.phi_grid(u1, u2)
+    phi11[view] = grid[0, 0]
+    panels.append(plots.Panel(grid, f"{view}", f"i ({labels[0]})", f"j ({labels[1]})"))
+n = sub.basis_dim("A", f1.d, f1.k)
+rnd = sub.random_phi_grid(n, f1.r, f2.r, SEED)
+phi11["random"] = rnd[0, 0]
+panels.append(plots.Panel(rnd, "random Gaussian", "i", "j"))
+fig = plots.heatmap_figure([panels], f"φ, ΔW{WEIGHT}, layer {layer}", panel_size=(2.6, 2.2))
+display(Image(plots.png_bytes(fig)))
+pd.Series(phi11, name="φ(1, 1)").to_frame()
+
+# %% [markdown]
+# ## Singular-value spectra of A, B and ΔW = (α/r)·B·A
+
+# %%
+rows = []
+for f, label in zip(factors, labels, strict=True):
+    s_a = np.linalg.svd(f.A, compute_uv=False)
+    s_b = np.linalg.svd(f.B, compute_uv=False)
+    s_dw = sub.factored_svd(f.B, f.A, f.scaling).S
+    fig = plots.spectrum_figure(
+        {"A": s_a, "B": s_b, "ΔW (scaled)": s_dw}, f"{label}, layer {layer}"
+    )
+    display(Image(plots.png_bytes(fig)))
+    rows.append(
+        {
+            "run": label,
+            "σ1(ΔW)": s_dw[0],
+            "σ2/σ1(ΔW)": s_dw[1] / s_dw[0] if s_dw.size > 1 else np.nan,
+        }
+    )
+pd.DataFrame(rows)
+
+# %% [markdown]
+# ## Table 7 numbers for this layer
+# Needs the pretrained W (`<results>/base_weights/<model>.safetensors`, oriented (d, k) = (out, in)).
+
+# %%
+base = ld.BaseWeights(results, MODEL)
+if not base.exists():
+    print(f"no pretrained weights at {base.path}; any finished training run of {MODEL} writes them")
+else:
+    t7 = {}
+    for f, label in zip(factors, labels, strict=True):
+        t7[label] = amp.table7_stats(
+            base.matrix(f.key), f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED
+        )
+    table7 = pd.DataFrame(t7)
+    display(table7)

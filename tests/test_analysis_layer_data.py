@@ -1,0 +1,114 @@
+"""Run discovery by config, run selection, layer choice and missing-run messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures_analysis import N_LAYERS, base_weights, make_results, write_run
+
+from analysis import layer_data as ld
+from lora_repro import runs as runs_io
+
+
+def _cfg(targets=("v", "q"), r=8, seed=0, alpha=8.0, init="gaussian"):
+    return {
+        "model": {"name": "minilm"},
+        "task": {"name": "rotten_tomatoes"},
+        "adapter": {"targets": list(targets), "r": r, "alpha": alpha, "init": init},
+        "seed": seed,
+    }
+
+
+def test_record_from_config_canonicalises_targets():
+    rec = ld.record_from_config("x", _cfg())
+    assert rec.spec == ld.RunSpec("rotten_tomatoes", "minilm", ("q", "v"), 8, 0)
+    assert rec.alpha == 8.0 and rec.init == "gaussian"
+    assert ld.record_from_config("x", {"model": {"name": "m"}}) is None  # not a LoRA run
+
+
+def test_select_run_warns_on_duplicates_and_where_narrows(tmp_path):
+    recs = [
+        ld.record_from_config(tmp_path / "a", _cfg(init="gaussian")),
+        ld.record_from_config(tmp_path / "b", _cfg(init="kaiming_uniform")),
+    ]
+    with pytest.warns(UserWarning, match="2 runs match"):
+        assert ld.select_run(recs, recs[0].spec).path == tmp_path / "a"
+    assert ld.select_run(recs, ld.RunSpec("rotten_tomatoes", "minilm", ("q",), 8, 0)) is None
+
+
+def test_index_runs_reads_configs_and_filters(tmp_path):
+    write_run(tmp_path, r=8)
+    write_run(tmp_path, r=32, seed=1)
+    # an unfinished run is never read
+    bad = write_run(tmp_path, r=4)
+    runs_io.atomic_write_json(bad / runs_io.STATUS_FILE, {"status": "running"})
+    recs = ld.index_runs(tmp_path)
+    assert sorted((r.spec.r, r.spec.seed) for r in recs) == [(8, 0), (32, 1)]
+    assert ld.ranks_available(
+        recs, task="rotten_tomatoes", model="minilm", targets=["v", "q"], seed=0
+    ) == [8]
+    assert len(ld.index_runs(tmp_path, {"adapter.r": "32"})) == 1
+    assert ld.index_runs(tmp_path, {"adapter.init": "kaiming_uniform"}) == []
+
+
+def test_layer_factors_and_base_weights(tmp_path):
+    make_results(tmp_path, ranks=(8,), seed1_ranks=())
+    rec = ld.index_runs(tmp_path)[0]
+    adapter = ld.AdapterCache().get(rec)
+    f = ld.layer_factors(adapter, "v", 1)
+    assert (f.r, f.d, f.k) == (8, 48, 48) and f.A_init is not None
+    assert f.scaling == pytest.approx(1.0)
+    W = ld.BaseWeights(tmp_path, "minilm").matrix(f.key)
+    np.testing.assert_allclose(W, base_weights()[f.key], rtol=1e-6)
+    with pytest.raises(KeyError, match="no ΔWk at layer 1"):
+        ld.layer_factors(adapter, "k", 1)
+    assert ld.n_layers_of(adapter) == N_LAYERS
+
+
+def test_layers():
+    assert ld.default_layer(96) == 48 and ld.default_layer(6) == 3
+    assert ld.spread_layers(96) == [0, 24, 48, 72, 95]
+    assert ld.spread_layers(6) == [0, 1, 3, 4, 5]
+    assert ld.spread_layers(1) == [0]
+    with pytest.raises(ValueError, match="blocks 0..5"):
+        ld.check_layer(6, 6)
+
+
+def test_missing_messages_name_the_sweep():
+    spec = ld.RunSpec("rotten_tomatoes", "minilm", ("q", "v"), 64, 1)
+    assert spec.sweeps() == ["seeds"]
+    assert "`seeds` sweep" in spec.missing_message()
+    assert ld.RunSpec("t", "m", ("q", "v"), 4, 0).sweeps() == ["subspace", "table6"]
+    assert ld.RunSpec("t", "m", ("q",), 64, 0).sweeps() == ["table6"]
+    assert "no predefined sweep" in ld.RunSpec("t", "m", ("k",), 3, 0).missing_message()
+    with pytest.raises(ValueError, match="unknown weight type"):
+        ld.canonical_targets(["q", "x"])
+
+
+def test_any_adapter_object_can_be_analysed():
+    """An in-memory Adapter (what a peft import yields) goes through the same analysis."""
+    rng = np.random.default_rng(0)
+    d = k = 16
+
+    def adapter(r: int) -> runs_io.Adapter:
+        info = runs_io.ModuleInfo("m.q", "m.q", "q", 0, d, k)
+        return runs_io.Adapter(
+            r=r,
+            alpha=r,
+            scaling=1.0,
+            init="peft",
+            targets=["q"],
+            base_model="x",
+            modules={"m.q": info},
+            A={"m.q": rng.standard_normal((r, k))},
+            B={"m.q": rng.standard_normal((d, r))},
+        )
+
+    a2, a4 = adapter(2), adapter(4)
+    g = ld.adapter_phi(a2, a4, "q", 0, view="dW_left")
+    assert g.shape == (2, 4) and 0 <= g.min() and g.max() <= 1
+    np.testing.assert_allclose(ld.adapter_phi(a2, a2, "q", 0), 1.0, atol=1e-12)
+    t = ld.adapter_table7(a4, rng.standard_normal((d, k)), "q", 0, n_random=2)
+    assert t["r"] == 4 and t["amplification"] > 0
+    with pytest.raises(ValueError, match="A at initialisation"):
+        ld.adapter_phi(a2, a4, "q", 0, view="dA")

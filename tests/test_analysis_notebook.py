@@ -1,0 +1,67 @@
+"""notebooks/layer_subspaces.py executes on fixture results (jupytext -> nbformat -> nbclient)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_analysis import make_results
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "layer_subspaces.py"
+KERNEL = "lora-repro-test"
+
+
+def _kernelspec(root: Path) -> Path:
+    """A kernelspec that runs *this* interpreter, so the test works from a clean venv."""
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "lora-repro test",
+                "language": "python",
+            }
+        )
+    )
+    return root
+
+
+def test_notebook_runs_on_fixture_results(tmp_path, monkeypatch):
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    results = make_results(tmp_path / "results", ranks=(8, 32), seed1_ranks=())
+    monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec(tmp_path / "jupyter")))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+    nb = jupytext.read(NOTEBOOK, fmt="py:percent")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "the notebook needs exactly one cell tagged 'parameters'"
+    params[0].source += f"\nRESULTS = {str(results)!r}\nLAYER = 1\n"
+
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name=KERNEL,
+        timeout=120,
+        resources={"metadata": {"path": str(REPO / "notebooks")}},
+    )
+    client.execute()
+
+    text = "\n".join(
+        str(o.get("text", ""))
+        + str(o.get("data", {}).get("text/plain", ""))
+        + str(o.get("data", {}).get("text/markdown", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
+    assert "Layer 1 of 4" in text
+    assert "φ(1, 1)" in text and "random" in text
+    assert "amplification" in text and "ratio_to_random" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # φ heatmaps + two spectra
