@@ -82,7 +82,9 @@ class LoraConfig:
         if self.init not in INITS:
             raise AdapterError(f"adapter.init must be one of {list(INITS)}, got {self.init!r}")
         if self.scaling not in SCALINGS:
-            raise AdapterError(f"adapter.scaling must be one of {list(SCALINGS)}, got {self.scaling!r}")
+            raise AdapterError(
+                f"adapter.scaling must be one of {list(SCALINGS)}, got {self.scaling!r}"
+            )
         self.targets = tuple(self.targets)
 
     @property
@@ -297,8 +299,15 @@ def lora_state(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, np.nd
 def module_infos(targets: Sequence[Target]) -> dict[str, runs.ModuleInfo]:
     """``key -> ModuleInfo`` for adapter headers."""
     return {
-        t.key: runs.ModuleInfo(key=t.key, module=t.module, type=t.type, layer=t.layer, d=t.d, k=t.k,
-                               slice=t.type if t.fused else None)
+        t.key: runs.ModuleInfo(
+            key=t.key,
+            module=t.module,
+            type=t.type,
+            layer=t.layer,
+            d=t.d,
+            k=t.k,
+            slice=t.type if t.fused else None,
+        )
         for t in targets
     }
 
@@ -311,13 +320,22 @@ def adapter_header(model: nn.Module, cfg: LoraConfig, base_model: str) -> dict[s
     except Exception:  # noqa: BLE001 - models without the usual config keys
         n_layers = None
     return runs.adapter_metadata(
-        r=cfg.r, alpha=cfg.alpha, scaling=cfg.scale, init=cfg.init, targets=list(cfg.targets),
-        base_model=base_model, modules=module_infos(targets), n_layers=n_layers,
-        scaling_rule=cfg.scaling, dropout=cfg.dropout,
+        r=cfg.r,
+        alpha=cfg.alpha,
+        scaling=cfg.scale,
+        init=cfg.init,
+        targets=list(cfg.targets),
+        base_model=base_model,
+        modules=module_infos(targets),
+        n_layers=n_layers,
+        scaling_rule=cfg.scaling,
+        dropout=cfg.dropout,
     )
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, cfg: LoraConfig, base_model: str) -> Path:
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, cfg: LoraConfig, base_model: str
+) -> Path:
     """Atomically write ``adapter.safetensors``: float32, keys ``<key>.lora_A.weight`` (r, k) and
     ``<key>.lora_B.weight`` (d, r), with the configuration in the header."""
     A, B = lora_state(model)
@@ -376,7 +394,9 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
-def export_peft(adapter: runs.Adapter, out_dir: str | os.PathLike, fan_in_fan_out: bool = False) -> Path:
+def export_peft(
+    adapter: runs.Adapter, out_dir: str | os.PathLike, fan_in_fan_out: bool = False
+) -> Path:
     """Write ``adapter`` in peft's format (``adapter_config.json`` + ``adapter_model.safetensors``).
 
     Args:
@@ -418,7 +438,9 @@ def export_peft(adapter: runs.Adapter, out_dir: str | os.PathLike, fan_in_fan_ou
     return out
 
 
-def import_peft_adapter(peft_dir: str | os.PathLike, model: nn.Module | None = None) -> runs.Adapter:
+def import_peft_adapter(
+    peft_dir: str | os.PathLike, model: nn.Module | None = None
+) -> runs.Adapter:
     """Read a peft LoRA adapter directory as a lora-repro :class:`~lora_repro.runs.Adapter`.
 
     Weight types and layers are recovered from module names with the built-in family map when
@@ -434,10 +456,14 @@ def import_peft_adapter(peft_dir: str | os.PathLike, model: nn.Module | None = N
     d = Path(peft_dir)
     cfg_path, w_path = d / PEFT_CONFIG, d / PEFT_WEIGHTS
     if not cfg_path.exists() or not w_path.exists():
-        raise AdapterError(f"{d} is not a peft adapter folder: expected {PEFT_CONFIG} and {PEFT_WEIGHTS}")
+        raise AdapterError(
+            f"{d} is not a peft adapter folder: expected {PEFT_CONFIG} and {PEFT_WEIGHTS}"
+        )
     cfg = runs.read_json(cfg_path)
     if cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(f"{d}: peft_type is {cfg.get('peft_type')!r}, only LORA adapters are supported")
+        raise AdapterError(
+            f"{d}: peft_type is {cfg.get('peft_type')!r}, only LORA adapters are supported"
+        )
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise AdapterError(f"{d}: per-module ranks (rank_pattern/alpha_pattern) are not supported")
     if cfg.get("use_dora"):  # DoRA's magnitude vector changes ΔW; reading only A, B would be wrong
@@ -449,7 +475,9 @@ def import_peft_adapter(peft_dir: str | os.PathLike, model: nn.Module | None = N
         if ".lora_A." not in name and ".lora_B." not in name:
             continue
         key = name.removeprefix("base_model.model.")
-        key = key.replace(".lora_A.default.weight", ".lora_A.weight").replace(".lora_B.default.weight", ".lora_B.weight")
+        key = key.replace(".lora_A.default.weight", ".lora_A.weight").replace(
+            ".lora_B.default.weight", ".lora_B.weight"
+        )
         key, which = runs._split_factor_key(key)
         (A if which == "A" else B)[key] = t.astype(np.float32)
     modules = {}
@@ -464,8 +492,14 @@ def import_peft_adapter(peft_dir: str | os.PathLike, model: nn.Module | None = N
             for typ, pat in FAMILY_PATTERNS[fam].items():
                 m = re.search(pat, key)
                 if m and typ != "qkv":
-                    info = runs.ModuleInfo(key=key, module=key, type=typ, layer=int(m.group(1)),
-                                           d=int(B[key].shape[0]), k=int(A[key].shape[1]))
+                    info = runs.ModuleInfo(
+                        key=key,
+                        module=key,
+                        type=typ,
+                        layer=int(m.group(1)),
+                        d=int(B[key].shape[0]),
+                        k=int(A[key].shape[1]),
+                    )
                     break
             if info:
                 break
@@ -476,8 +510,15 @@ def import_peft_adapter(peft_dir: str | os.PathLike, model: nn.Module | None = N
     if model is not None:
         n_layers = num_layers(model)
     return runs.Adapter(
-        r=r, alpha=alpha, scaling=alpha / (math.sqrt(r) if rslora else r), init="unknown (peft)",
+        r=r,
+        alpha=alpha,
+        scaling=alpha / (math.sqrt(r) if rslora else r),
+        init="unknown (peft)",
         targets=sorted({m.type for m in modules.values()}, key="qkvo".index),
-        base_model=str(cfg.get("base_model_name_or_path")), modules=modules, A=A, B=B,
-        n_layers=n_layers, extra={"scaling_rule": "rslora" if rslora else "standard"},
+        base_model=str(cfg.get("base_model_name_or_path")),
+        modules=modules,
+        A=A,
+        B=B,
+        n_layers=n_layers,
+        extra={"scaling_rule": "rslora" if rslora else "standard"},
     )

@@ -171,7 +171,9 @@ def _fused_index(kind: str, d_total: int, type_: str, n_heads: int | None) -> tu
     if kind == "gpt2":
         return tuple(range(part * d, (part + 1) * d))
     if not n_heads or d % n_heads:
-        raise TargetError(f"GPT-NeoX fused qkv needs num_attention_heads dividing {d}, got {n_heads}")
+        raise TargetError(
+            f"GPT-NeoX fused qkv needs num_attention_heads dividing {d}, got {n_heads}"
+        )
     hd = d // n_heads
     idx = torch.arange(n_heads)[:, None] * 3 * hd + part * hd + torch.arange(hd)[None, :]
     return tuple(int(i) for i in idx.reshape(-1))
@@ -241,7 +243,9 @@ def find_targets(
             raise TargetError(
                 f"model (family {family!r}) has no module for weight type {t!r} matching "
                 f"/{pattern}/. Its linear modules: {_summarise(linear_module_names(model))}. "
-                "Map it with adapter.target_modules={" + t + ": '<regex with (\\d+) for the layer>'}"
+                "Map it with adapter.target_modules={"
+                + t
+                + ": '<regex with (\\d+) for the layer>'}"
             )
     n_layers = 1 + max(t.layer for t in found)
     if layers is not None:
@@ -249,7 +253,9 @@ def find_targets(
         for i in layers:
             j = i + n_layers if i < 0 else i
             if not 0 <= j < n_layers:
-                raise TargetError(f"layer {i} out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+                raise TargetError(
+                    f"layer {i} out of range: the model has {n_layers} blocks (0..{n_layers - 1})"
+                )
             wanted.add(j)
         found = [t for t in found if t.layer in wanted]
     order = {t: i for i, t in enumerate(WEIGHT_TYPES)}
