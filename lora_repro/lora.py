@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lora_repro import runs
-from lora_repro.targets import Target, find_targets, num_layers
+from lora_repro.targets import Target, check_weight_types, find_targets, num_layers
 
 INITS = ("gaussian", "kaiming_uniform", "gaussian_1_over_r")
 SCALINGS = ("standard", "rslora")
@@ -86,6 +86,7 @@ class LoraConfig:
                 f"adapter.scaling must be one of {list(SCALINGS)}, got {self.scaling!r}"
             )
         self.targets = tuple(self.targets)
+        check_weight_types(self.targets)
 
     @property
     def scale(self) -> float:

@@ -179,6 +179,22 @@ def _fused_index(kind: str, d_total: int, type_: str, n_heads: int | None) -> tu
     return tuple(int(i) for i in idx.reshape(-1))
 
 
+def check_weight_types(types: Sequence[str]) -> list[str]:
+    """Deduplicated weight types, checked against ``q, k, v, o``.
+
+    Raises:
+        TargetError: when ``types`` is empty or names another type.
+    """
+    types = list(dict.fromkeys(types))
+    bad = [t for t in types if t not in WEIGHT_TYPES]
+    if not types or bad:
+        raise TargetError(
+            f"unknown weight type(s) {bad or types!r}: adapter.targets takes a non-empty subset of "
+            f"{list(WEIGHT_TYPES)} (Wq, Wk, Wv, Wo), e.g. adapter.targets=[q,v]"
+        )
+    return types
+
+
 def find_targets(
     model: nn.Module,
     types: Sequence[str],
@@ -201,13 +217,7 @@ def find_targets(
         TargetError: unknown weight type, unknown architecture, a type the model lacks, or a
             layer index out of range; each message lists what exists.
     """
-    types = list(dict.fromkeys(types))
-    bad = [t for t in types if t not in WEIGHT_TYPES]
-    if not types or bad:
-        raise TargetError(
-            f"unknown weight type(s) {bad or types!r}: adapter.targets takes a non-empty subset of "
-            f"{list(WEIGHT_TYPES)} (Wq, Wk, Wv, Wo), e.g. adapter.targets=[q,v]"
-        )
+    types = check_weight_types(types)
     if target_modules:
         patterns = {t: str(p) for t, p in target_modules.items()}
         family = "custom"

@@ -39,6 +39,7 @@ def test_every_config_composes():
         compose(f"hydra/launcher={f.stem}")
 
 
+@pytest.mark.slow
 def test_run_directory_is_complete(results):
     cfg, summary, run_dir = _fit(results)
     assert run_dir == results / "runs" / "rotten_tomatoes" / "minilm" / "q_v-r8-a8" / "seed0"
@@ -80,6 +81,7 @@ def test_run_directory_is_complete(results):
     assert len(W) == 24 and W[key].shape == (384, 384) and infos[key].type == "q"
 
 
+@pytest.mark.slow
 def test_rerun_is_a_noop_and_conflicts_are_refused(results):
     _, s1, run_dir = _fit(results)
     mtime = (run_dir / "adapter.safetensors").stat().st_mtime_ns
@@ -89,6 +91,7 @@ def test_rerun_is_a_noop_and_conflicts_are_refused(results):
         _fit(results, "train.lr=1e-3")
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bitwise_identical_adapters(tmp_path):
     _, _, d1 = _fit(tmp_path / "a")
     _, _, d2 = _fit(tmp_path / "b")
@@ -105,6 +108,7 @@ def test_same_seed_gives_bitwise_identical_adapters(tmp_path):
     assert not np.array_equal(runs.load_adapter(d4).A_init[key], a1.A_init[key])
 
 
+@pytest.mark.slow
 def test_budget_sets_the_rank(results):
     cfg, summary, run_dir = _fit(results, "adapter.targets=[q,k,v,o]", "adapter.budget=auto")
     # auto = r 8 on Wq alone = 6 * 8 * 768; spread over 4 square types -> r = 2
@@ -113,6 +117,7 @@ def test_budget_sets_the_rank(results):
     assert runs.read_config(run_dir)["adapter"]["budget"] == 6 * 8 * 768
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run(results):
     with pytest.raises(TrainingDiverged, match="lower train.lr"):
         _fit(results, "train.lr=1e12", "train.precision=fp32", "train.max_steps=20")
@@ -153,6 +158,7 @@ def test_bad_overrides_exit_with_a_clear_error(results, override, message):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_is_not_finished_and_a_rerun_completes(results):
     cmd = _train_cmd(results, "train.max_steps=100000")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
