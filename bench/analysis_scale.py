@@ -1,0 +1,564 @@
+"""Benchmark 2 (issue 7): the subspace analysis at GPT-3's shape (d = k = 12288, r = 64).
+
+    python -m bench.analysis_scale --results results [--dense-sizes 1024,2048] [--dense-full]
+
+Everything is timed through the functions ``make figures`` uses (``analysis.subspace``,
+``analysis.amplification``), in float64, on random factors: A (r, k) Gaussian with std 1/√(3k)
+(the default init) and B (d, r) Gaussian with a geometric column scale 0.9^i, so that ΔW's singular
+values decrease and its singular vectors are well defined. Three parts:
+
+1. **Factored against dense SVD of ΔW = s·B·A** at square sizes n (``--dense-sizes``, default 1024
+   and 2048): ``factored_svd`` (QR of B and Aᵀ, SVD of the r×r core) against forming the n×n
+   matrix and ``numpy.linalg.svd(full_matrices=False)`` on it. Agreement: the largest error of the
+   r singular values relative to σ1, the dense tail σ_{r+1}/σ1, and 1 − φ(r, r) between the two
+   top-r bases on each side (0 when they span the same subspace). The dense SVD at d = 12288 takes
+   many minutes on 2 cores: it is run only with ``--dense-full``; otherwise its time at d is an
+   O(n³) extrapolation from the largest measured n, and the table says so.
+2. **One module at GPT-3's shape**: the factored SVD at r = 8 and 64, the φ grid between the
+   r = 8 and r = 64 adapters (the paper's view, right-singular vectors of A, and ΔW's left
+   singular vectors), and each Table 7 quantity against a random 12288² W: ‖UᵀWV‖F for ΔW's
+   directions (``projection_norm``), ‖W‖F, the random level (``random_projection_norms``, 10 draws
+   as in ``table7_stats``), and W's own top-r singular values (``table7_stats`` takes them from a
+   dense SVD of W: measured with ``--dense-full``, else extrapolated like the dense SVD of ΔW).
+3. **The 96-layer × 4-type report**: per (layer, type), the two φ grids (views A and dW_left), the
+   factored SVDs at r = 8 and 64, and the ΔW-dependent Table 7 quantities for both ranks
+   (‖UᵀWV‖F, ‖ΔW‖F, amplification, ratio to random, σ's). What is *not* in the timed loop, and
+   why: drawing the random factors (a real report reads them from safetensors instead); the
+   quantities of W alone (‖W‖F, the random level, W's top-r σ), which do not depend on the
+   adapter, are computed once per distinct W and timed separately; and W itself is one random
+   12288² float64 matrix shared by all 384 modules (``--distinct-w 4``: one per type), because
+   drawing 384 of them (1.2 GB each) would dominate the benchmark. Sharing W does not flatter the
+   timing: at 1.2 GB it is 37× the L3 cache, so every pass over it streams from memory as a fresh
+   W would. Reading GPT-3's 384 attention matrices from disk (116 GB in fp16) is excluded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from analysis import amplification as amp
+from analysis import subspace as sub
+from bench import common
+
+NAME = "analysis_scale"
+GPT3_D = 12288
+GPT3_LAYERS = 96
+TYPES = ("q", "k", "v", "o")
+
+
+def random_factors(
+    d: int, k: int, r: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random LoRA factors ``(B (d, r), A (r, k))`` in float64 with decreasing column scale on B."""
+    A = rng.standard_normal((r, k)) / math.sqrt(3 * k)
+    B = rng.standard_normal((d, r)) * (0.9 ** np.arange(r))
+    return B, A
+
+
+def timed(
+    fn: Callable[[], Any], min_time: float = 0.2, max_reps: int = 50, min_reps: int = 1
+) -> tuple[float, Any]:
+    """``(median seconds, result)`` of ``fn()``, repeated until ``min_time`` has passed and at
+    least ``min_reps`` times (the first call of a pass over a large W pays page faults)."""
+    times, out = [], None
+    start = time.perf_counter()
+    while len(times) < max_reps and (
+        len(times) < min_reps or time.perf_counter() - start < min_time
+    ):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return common.median(times), out
+
+
+def _once(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def one_minus_phi(U1: np.ndarray, U2: np.ndarray) -> float:
+    """1 − φ(m, m) between two (n, m) orthonormal bases: 0 when they span the same subspace."""
+    return float(1.0 - sub.phi_grid(U1, U2, check=False)[-1, -1])
+
+
+def compare_svd(
+    n: int, r: int, scaling: float, rng: np.random.Generator, dense: bool
+) -> dict[str, Any]:
+    """Factored vs dense SVD of an n×n ΔW of rank r: times, ratio and agreement."""
+    B, A = random_factors(n, n, r, rng)
+    t_fact, svd = timed(lambda: sub.factored_svd(B, A, scaling))
+    row: dict[str, Any] = {"n": n, "r": r, "factored_s": t_fact, "dense_measured": dense}
+    if not dense:
+        return row
+    t0 = time.perf_counter()
+    M = scaling * (B @ A)
+    t_form = time.perf_counter() - t0
+    U, S, Vt = np.linalg.svd(M, full_matrices=False)
+    t_svd = time.perf_counter() - t0 - t_form
+    row.update(
+        dense_form_s=t_form,
+        dense_svd_s=t_svd,
+        dense_s=t_form + t_svd,
+        ratio=(t_form + t_svd) / t_fact,
+        sigma_max_rel_err=float(np.max(np.abs(S[:r] - svd.S)) / S[0]),
+        dense_tail_rel=float(S[r] / S[0]) if S.shape[0] > r else 0.0,
+        one_minus_phi_right=one_minus_phi(Vt[:r].T, svd.V),
+        one_minus_phi_left=one_minus_phi(U[:, :r], svd.U),
+    )
+    del M, U, Vt
+    # W's own singular values (table7_stats' proj_W): a dense σ-only SVD of a full-rank matrix.
+    W = rng.standard_normal((n, n))
+    row["w_sigma_svd_s"], _ = _once(lambda: np.linalg.svd(W, compute_uv=False))
+    return row
+
+
+def module_at_scale(
+    d: int,
+    r: int,
+    r_small: int,
+    n_random: int,
+    W: np.ndarray,
+    rng: np.random.Generator,
+    w_svd: bool,
+) -> dict[str, Any]:
+    """Per-module costs at (d, d): factored SVDs, φ grids, and every Table 7 ingredient."""
+    B, A = random_factors(d, d, r, rng)
+    Bs, As = random_factors(d, d, r_small, rng)
+    out: dict[str, Any] = {"d": d, "k": d, "r": r, "r_small": r_small}
+    out["factored_svd_s"], svd = timed(lambda: sub.factored_svd(B, A, 8.0 / r))
+    out["factored_svd_small_s"], svd_s = timed(lambda: sub.factored_svd(Bs, As, 8.0 / r_small))
+    out["phi_A_s"], grid = timed(lambda: sub.phi(As, A))
+    out["phi_dW_left_s"], _ = timed(lambda: sub.phi_grid(svd_s.U, svd.U, check=False))
+    out["phi_grid_shape"] = list(grid.shape)
+    out["validate_W_s"], _ = timed(lambda: sub._matrix(W, "W"), 0.0, 3, 3)
+    out["proj_dW_s"], _ = timed(lambda: amp.projection_norm(W, svd.U, svd.V), 0.0, 3, 3)
+    out["proj_dW_small_s"], _ = timed(lambda: amp.projection_norm(W, svd_s.U, svd_s.V), 0.0, 3, 3)
+    u_both = np.hstack([svd.U, svd_s.U]).T  # (r + r_small, d)
+
+    def fused() -> tuple[float, float]:  # a possible fix: both ranks in one pass, W checked once
+        uw = u_both @ W
+        return (
+            float(np.linalg.norm(uw[:r] @ svd.V)),
+            float(np.linalg.norm(uw[r:] @ svd_s.V)),
+        )
+
+    out["proj_fused_both_s"], _ = timed(fused, 0.0, 3, 3)
+    out["norm_W_s"], _ = timed(lambda: float(np.linalg.norm(W)), 0.0, 3, 3)
+    # ‖UᵀWV‖F cannot avoid touching W: 2·d·k·r flops for Uᵀ·W, whatever the order.
+    out["proj_gflop"] = 2.0 * d * d * r / 1e9
+    out["proj_gflops_per_s"] = out["proj_gflop"] / max(out["proj_dW_s"] - out["validate_W_s"], 1e-9)
+    out["random_level_s"], _ = _once(lambda: amp.random_projection_norms(W, r, n_random))
+    out["n_random"] = n_random
+    if w_svd:
+        out["w_sigma_svd_s"], _ = _once(lambda: np.linalg.svd(W, compute_uv=False))
+        out["w_sigma_svd_measured"] = True
+        out["table7_stats_s"], _ = _once(
+            lambda: amp.table7_stats(W, B, A, 8.0 / r, n_random=n_random)
+        )
+    return out
+
+
+def report(
+    Ws: Sequence[np.ndarray],
+    layers: int,
+    types: Sequence[str],
+    r: int,
+    r_small: int,
+    n_random: int,
+    ranks_t7: Sequence[int],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Time the layers × types report (see the module docstring for what is and is not timed)."""
+    d, k = Ws[0].shape
+    w_index = {t: i % len(Ws) for i, t in enumerate(types)}
+    # Quantities of W alone, once per distinct W.
+    t0 = time.perf_counter()
+    w_stats: dict[int, dict[str, Any]] = {}
+    for i, W in enumerate(Ws):
+        w_stats[i] = {
+            "norm_W": float(np.linalg.norm(W)),
+            "random": {
+                q: float(amp.random_projection_norms(W, q, n_random).mean()) for q in ranks_t7
+            },
+        }
+    w_only_s = time.perf_counter() - t0
+    phi_s = svd_s = proj_s = 0.0
+    factors_s = 0.0
+    rows = []
+    t_loop = time.perf_counter()
+    for layer in range(layers):
+        for t in types:
+            ta = time.perf_counter()
+            big = random_factors(d, k, r, rng)
+            small = random_factors(d, k, r_small, rng)
+            tb = time.perf_counter()
+            factors_s += tb - ta
+            svds = {
+                r: sub.factored_svd(*big, 8.0 / r),
+                r_small: sub.factored_svd(*small, 8.0 / r_small),
+            }
+            tc = time.perf_counter()
+            g_a = sub.phi(small[1], big[1])
+            g_l = sub.phi_grid(svds[r_small].U, svds[r].U, check=False)
+            td = time.perf_counter()
+            W, ws = Ws[w_index[t]], w_stats[w_index[t]]
+            for q in ranks_t7:
+                s = svds[q]
+                proj = amp.projection_norm(W, s.U, s.V)
+                rows.append(
+                    {
+                        "layer": layer,
+                        "type": t,
+                        "r": q,
+                        "phi11_A": float(g_a[0, 0]),
+                        "phi11_dW_left": float(g_l[0, 0]),
+                        "proj_dW": proj,
+                        "norm_dW": s.frobenius,
+                        "amplification": s.frobenius / proj,
+                        "ratio_to_random": proj / ws["random"][q],
+                        "sigma1": float(s.S[0]),
+                    }
+                )
+            te = time.perf_counter()
+            svd_s += tc - tb
+            phi_s += td - tc
+            proj_s += te - td
+    loop_s = time.perf_counter() - t_loop - factors_s
+    return {
+        "layers": layers,
+        "types": list(types),
+        "modules": layers * len(types),
+        "ranks_phi": [r_small, r],
+        "ranks_table7": list(ranks_t7),
+        "distinct_W": len(Ws),
+        "W_shape": [d, k],
+        "n_random": n_random,
+        "wall_s": loop_s,
+        "factored_svd_s": svd_s,
+        "phi_s": phi_s,
+        "table7_projection_s": proj_s,
+        "w_only_s": w_only_s,
+        "w_only_per_W_s": w_only_s / len(Ws),
+        "untimed_factor_draw_s": factors_s,
+        "example_row": rows[len(rows) // 2] if rows else None,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
+    )
+    p.add_argument("--d", type=int, default=GPT3_D, help="d = k of the GPT-3-shape module")
+    p.add_argument("--r", type=int, default=64, help="the larger rank")
+    p.add_argument("--r-small", type=int, default=8, help="the smaller rank (φ grid r_small vs r)")
+    p.add_argument(
+        "--dense-sizes",
+        default="1024,2048",
+        help="comma list of n for the dense SVD comparison ('' for none)",
+    )
+    p.add_argument(
+        "--dense-full",
+        action="store_true",
+        help="also run dense SVDs at d (ΔW and W): many minutes at 12288 on 2 cores",
+    )
+    p.add_argument("--n-random", type=int, default=10, help="random draws for the random level")
+    p.add_argument("--layers", type=int, default=GPT3_LAYERS, help="layers of the report (0: skip)")
+    p.add_argument("--types", default=",".join(TYPES), help="weight types of the report")
+    p.add_argument(
+        "--table7-ranks",
+        default=None,
+        help="ranks whose Table 7 quantities the report computes (default: r_small,r)",
+    )
+    p.add_argument(
+        "--distinct-w",
+        type=int,
+        default=1,
+        choices=(1, 4),
+        help="random W's shared by the report: 1, or one per type",
+    )
+    p.add_argument(
+        "--blas-threads",
+        default="auto",
+        help="BLAS threads: a number (re-executes with OPENBLAS_NUM_THREADS etc.), 'default' "
+        "(as the environment sets), or 'auto' (default: 1 when the machine is busy at the start, "
+        "else as the environment sets); applied only when run as a script",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print its tables, write ``<results>/bench/analysis_scale.json``."""
+    args = parse_args(argv)
+    if argv is None:  # a process of its own: it may re-execute itself with a thread count
+        common.ensure_blas_threads(
+            common.blas_threads_choice(args.blas_threads),
+            "bench.analysis_scale",
+            [*sys.argv[1:], "--blas-threads", "default"],
+        )
+    info = common.machine_info(
+        versions=common.versions("numpy"),
+        blas=_blas_name(),
+        blas_threads={v: os.environ.get(v) for v in common.BLAS_ENV},
+    )
+    note = common.busy_note(info)
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    d, r = args.d, args.r
+    sizes = [int(x) for x in args.dense_sizes.split(",") if x.strip()]
+    sizes = sorted({n for n in sizes if n != d})
+
+    compare = [compare_svd(n, r, 8.0 / r, rng, dense=True) for n in sizes]
+    compare.append(compare_svd(d, r, 8.0 / r, rng, dense=args.dense_full))
+    at_d = compare[-1]
+    largest = compare[-2] if len(compare) > 1 else None
+    if not args.dense_full and largest is not None:
+        scale = (d / largest["n"]) ** 3
+        at_d["dense_s_estimate"] = largest["dense_s"] * scale
+        at_d["ratio_estimate"] = at_d["dense_s_estimate"] / at_d["factored_s"]
+        at_d["w_sigma_svd_s_estimate"] = largest["w_sigma_svd_s"] * scale
+        at_d["estimate_rule"] = f"dense time at n={largest['n']} × (d/n)³"
+
+    t0 = time.perf_counter()
+    Ws = [rng.standard_normal((d, d)) / math.sqrt(d) for _ in range(args.distinct_w)]
+    w_draw_s = time.perf_counter() - t0
+    module = module_at_scale(d, r, args.r_small, args.n_random, Ws[0], rng, args.dense_full)
+    if not args.dense_full:
+        module["w_sigma_svd_s"] = at_d.get("w_sigma_svd_s_estimate")
+        module["w_sigma_svd_measured"] = False
+    # table7_stats as implemented: validates W in check_orientation and in each projection_norm,
+    # one projection for ΔW, the dense σ-only SVD of W, n_random projections, ‖W‖F.
+    if "table7_stats_s" not in module and module["w_sigma_svd_s"] is not None:
+        module["table7_stats_s_estimate"] = (
+            module["validate_W_s"]
+            + module["factored_svd_s"]
+            + module["proj_dW_s"]
+            + module["w_sigma_svd_s"]
+            + module["random_level_s"]
+            + module["norm_W_s"]
+        )
+
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    ranks_t7 = (
+        [int(x) for x in args.table7_ranks.split(",") if x.strip()]
+        if args.table7_ranks is not None
+        else [args.r_small, r]
+    )
+    bad = [q for q in ranks_t7 if q not in (r, args.r_small)]
+    if bad:
+        print(
+            f"error: --table7-ranks {bad} must be among r={r}, r_small={args.r_small}",
+            file=sys.stderr,
+        )
+        return 2
+    rep = (
+        report(Ws, args.layers, types, r, args.r_small, args.n_random, ranks_t7, rng)
+        if args.layers > 0
+        else None
+    )
+    del Ws
+    if rep:
+        # Every module has the same shape, so the per-module cost is constant: a report measured
+        # on fewer layers or types is scaled to GPT-3's 96 × 4 (and says so).
+        full = GPT3_LAYERS * len(TYPES)
+        rep["wall_s_96x4"] = rep["wall_s"] * full / rep["modules"]
+        rep["wall_96x4_measured"] = rep["modules"] == full
+        # The same report if both ranks' ‖UᵀWV‖F came from one pass over W, checked once.
+        per_module = (
+            module["factored_svd_s"]
+            + module["factored_svd_small_s"]
+            + module["phi_A_s"]
+            + module["phi_dW_left_s"]
+            + module["proj_fused_both_s"]
+        )
+        rep["wall_s_96x4_one_pass_estimate"] = per_module * full
+
+    ratio_at_d = at_d.get("ratio") or at_d.get("ratio_estimate")
+    measured = [c for c in compare if c.get("ratio") is not None]
+    targets = {
+        "factored_speedup_largest_measured": common.target(
+            measured[-1]["ratio"] if measured else None, 100.0, at_most=False
+        ),
+        "factored_speedup_at_d": common.target(ratio_at_d, 100.0, at_most=False),
+        "report_96x4_wall_s": common.target(rep["wall_s_96x4"] if rep else None, 60.0),
+    }
+    payload = {
+        "bench": NAME,
+        "machine": info,
+        "settings": {
+            "d": d,
+            "k": d,
+            "r": r,
+            "r_small": args.r_small,
+            "dtype": "float64",
+            "scaling": "8/r",
+            "dense_sizes": sizes,
+            "dense_full": args.dense_full,
+            "n_random": args.n_random,
+            "seed": args.seed,
+            "factors": "A ~ N(0, 1/(3k)); B ~ N(0, 1) with column scale 0.9^i",
+        },
+        "svd_compare": compare,
+        "module": module,
+        "w_draw_s": w_draw_s,
+        "report": rep,
+        "targets": targets,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    path = common.write_result(args.results, NAME, payload)
+    print(render(payload))
+    if note:
+        print(note)
+    print(f"wrote {path}")
+    return 0
+
+
+def _blas_name() -> str | None:
+    try:
+        cfg = np.show_config(mode="dicts")
+        return cfg["Build Dependencies"]["blas"].get("name")
+    except Exception:  # noqa: BLE001 - older numpy without mode="dicts"
+        return None
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The printed tables of an ``analysis_scale.json`` payload."""
+    s, m, rep = payload["settings"], payload["module"], payload["report"]
+    rows = []
+    for c in payload["svd_compare"]:
+        dense = c.get("dense_s")
+        est = dense is None and c.get("dense_s_estimate") is not None
+        rows.append(
+            [
+                c["n"],
+                c["r"],
+                c["factored_s"] * 1000,
+                (f"{common.fmt(c['dense_s_estimate'])} (est.)" if est else dense),
+                (f"{common.fmt(c['ratio_estimate'])} (est.)" if est else c.get("ratio")),
+                c.get("sigma_max_rel_err"),
+                c.get("one_minus_phi_left"),
+                c.get("one_minus_phi_right"),
+            ]
+        )
+    threads = (payload["machine"].get("blas_threads") or {}).get("OPENBLAS_NUM_THREADS")
+    lines = [
+        f"SVD of ΔW = s·B·A (n×n, rank {s['r']}, float64): factored vs dense; BLAS threads: "
+        + (threads or "the library's default (all cores)"),
+        common.table(
+            [
+                "n",
+                "r",
+                "factored ms",
+                "dense s",
+                "dense ÷ factored",
+                "max σ err/σ1",
+                "1−φ left",
+                "1−φ right",
+            ],
+            rows,
+        ),
+    ]
+    svd_note = "measured" if m.get("w_sigma_svd_measured") else "estimated, O(n³)"
+    mrows = [
+        [
+            f"factored SVD, r={s['r']} / r={s['r_small']}",
+            f"{m['factored_svd_s'] * 1000:.1f} / {m['factored_svd_small_s'] * 1000:.1f} ms",
+        ],
+        [
+            f"φ grid r={s['r_small']} vs r={s['r']}: view A / dW_left",
+            f"{m['phi_A_s'] * 1000:.1f} / {m['phi_dW_left_s'] * 1000:.1f} ms",
+        ],
+        ["validate W (isfinite pass, in every call)", _s(m["validate_W_s"])],
+        [
+            f"‖UᵀWV‖F, r={s['r']} / r={s['r_small']}",
+            f"{_s(m['proj_dW_s'])} / {_s(m['proj_dW_small_s'])}",
+        ],
+        ["‖UᵀWV‖F, both ranks in one pass over W, unchecked", _s(m["proj_fused_both_s"])],
+        [
+            f"‖UᵀWV‖F at r={s['r']}: floating-point work, rate",
+            f"{m['proj_gflop']:.1f} GFLOP at {m['proj_gflops_per_s']:.0f} GFLOP/s",
+        ],
+        ["‖W‖F", _s(m["norm_W_s"])],
+        [f"random level ({m['n_random']} draws, r={s['r']})", _s(m["random_level_s"])],
+        [f"W's top-r σ (dense SVD of W, {svd_note})", _s(m.get("w_sigma_svd_s"))],
+        [
+            "table7_stats as implemented" + ("" if "table7_stats_s" in m else " (sum, est.)"),
+            _s(m.get("table7_stats_s", m.get("table7_stats_s_estimate"))),
+        ],
+    ]
+    lines += [
+        "",
+        f"One module at d = k = {s['d']} (float64, W random)",
+        common.table(["step", "time"], mrows),
+    ]
+    if rep:
+        rrows = [
+            [
+                f"{rep['layers']}×{len(rep['types'])} report ({rep['modules']} modules), measured",
+                rep["wall_s"],
+                rep["factored_svd_s"],
+                rep["phi_s"],
+                rep["table7_projection_s"],
+            ]
+        ]
+        if not rep["wall_96x4_measured"]:
+            k = 384 / rep["modules"]
+            rrows.append(
+                [
+                    f"96×4 report, scaled ×{k:.3g} from the above",
+                    rep["wall_s_96x4"],
+                    rep["factored_svd_s"] * k,
+                    rep["phi_s"] * k,
+                    rep["table7_projection_s"] * k,
+                ]
+            )
+        rrows.append(
+            [
+                "96×4 with ‖UᵀWV‖F of both ranks in one pass (est.)",
+                rep["wall_s_96x4_one_pass_estimate"],
+                None,
+                None,
+                None,
+            ]
+        )
+        lines += [
+            "",
+            f"Report: φ grids (A, dW_left) r={rep['ranks_phi'][0]} vs "
+            f"r={rep['ranks_phi'][1]} + Table 7 (ΔW part) at r={rep['ranks_table7']}; "
+            f"not in the total: ‖W‖F and the random level, once per W "
+            f"({rep['w_only_per_W_s']:.1f} s each), and W's top-r σ (above)",
+            common.table(["what", "total s", "factored SVD s", "φ s", "‖UᵀWV‖F s"], rrows),
+        ]
+    for key in ("factored_speedup_at_d", "factored_speedup_largest_measured", "report_96x4_wall_s"):
+        t = payload["targets"][key]
+        if t["value"] is not None:
+            lines.append(
+                f"{key}: {t['value']:.4g} (target {t['rule']} {t['target']}: "
+                f"{'met' if t['met'] else 'MISSED'})"
+            )
+    return "\n".join(lines)
+
+
+def _s(x: float | None) -> str:
+    """Seconds as ms, s or min, whichever reads best."""
+    if x is None:
+        return "–"
+    if x < 1:
+        return f"{x * 1000:.1f} ms"
+    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
