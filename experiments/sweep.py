@@ -57,13 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     launchers = sorted(q.stem for q in (CONF / "hydra" / "launcher").glob("*.yaml"))
     if args.launcher not in launchers:
-        print(f"error: unknown launcher {args.launcher!r}; choose one of {launchers}", file=sys.stderr)
+        print(
+            f"error: unknown launcher {args.launcher!r}; choose one of {launchers}", file=sys.stderr
+        )
         return 2
     names = grids(args.sweep)
     failed_grids = []
     for name in names:
-        cmd = [sys.executable, "-m", "experiments.train", "-m", f"+sweep={name}",
-               f"hydra/launcher={args.launcher}", *args.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "-m",
+            f"+sweep={name}",
+            f"hydra/launcher={args.launcher}",
+            *args.overrides,
+        ]
         print(f"== sweep {name}: {' '.join(cmd[1:])}", flush=True)
         rc = subprocess.call(cmd)
         if rc != 0:
@@ -82,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
     bad = unfinished_runs(results)
     if failed_grids or bad:
-        print(f"error: {len(bad)} run(s) did not finish (grids with errors: {failed_grids}); "
-              "see each run's status.json, fix, and rerun the same command", file=sys.stderr)
+        print(
+            f"error: {len(bad)} run(s) did not finish (grids with errors: {failed_grids}); "
+            "see each run's status.json, fix, and rerun the same command",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

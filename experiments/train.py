@@ -27,8 +27,14 @@ log = logging.getLogger("lora_repro")
 
 # Errors that mean "bad input": reported as one line, never as a traceback.
 USER_ERRORS = (
-    "ConfigError", "TargetError", "BudgetError", "AdapterError", "DataError", "ModelLoadError",
-    "RunConflict", "TrainingDiverged",
+    "ConfigError",
+    "TargetError",
+    "BudgetError",
+    "AdapterError",
+    "DataError",
+    "ModelLoadError",
+    "RunConflict",
+    "TrainingDiverged",
 )
 
 

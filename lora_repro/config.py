@@ -25,7 +25,7 @@ class ModelConfig:
     id: str = MISSING  # "<package>/<subdir>", a folder, or a hub id
     revision: str | None = None  # hub revision (pin it)
     kind: str = "seq_cls"  # seq_cls | causal_lm
-    gguf_file: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside the folder: dequantised to float32, cached
     attn_implementation: str = "eager"
 
 
@@ -33,14 +33,16 @@ class ModelConfig:
 class TaskConfig:
     name: str = MISSING
     loader: str = "rotten_tomatoes"  # rotten_tomatoes | hf
-    max_length: int = 64
+    type: str = "classification"  # classification | generation
+    max_length: int = 64  # tokens per example: input (seq_cls) or prompt + target (causal_lm)
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     hf_path: str | None = None
     hf_name: str | None = None
     revision: str | None = None
-    data_files: dict[str, Any] | None = None
+    data_files: dict[str, Any] | None = None  # {hub split name: local file} instead of the hub
+    data_dir: str | None = None  # or a folder of <hub split name>.{jsonl,json,parquet,csv} files
     file_format: str = "json"
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     label_field: str = "label"
@@ -48,6 +50,22 @@ class TaskConfig:
     split_names: dict[str, str] = field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
     )
+    # Causal-LM track (model.kind=causal_lm). ``prompt`` is a template over the data set's
+    # fields ("{sentence}", nested "{sql.human_readable}", lists joined with " | ").
+    prompt: str | None = None
+    label_words: list[str] = field(default_factory=list)  # one per label, scored after the prompt
+    target_field: str | None = None  # generation: the field the model learns to write
+    target_prefix: str = " "  # put before a generation target (it follows "SQL:", "Summary:")
+    max_target_length: int = 64  # generation: target tokens kept (EOS added after them)
+    max_new_tokens: int = 64  # generation: decoding length at evaluation
+    num_beams: int = 1  # 1 = greedy decoding
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    group_references: bool = False  # evaluate once per distinct prompt against all its targets
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
+    metric: str = "accuracy"  # the headline metric (summary val_metric / test_metric)
+    max_train_examples: int | None = None  # random subsets (split_seed) for quick runs
+    max_eval_examples: int | None = None  # per evaluation split (validation and test)
 
 
 @dataclass
@@ -72,6 +90,8 @@ class TrainConfig:
     head_lr: float | None = None  # defaults to lr
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
+    warmup_steps: int | None = None  # overrides warmup_ratio (GPT-2 on E2E: 500)
+    label_smoothing: float = 0.0  # on the training loss (GPT-2 on E2E: 0.1)
     max_grad_norm: float | None = None
     eval_every: int = 100
     eval_batch_size: int = 128
@@ -130,9 +150,59 @@ def validate(cfg: Any) -> None:
         (t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1"),
         (t.precision in ("bf16", "fp32"), "train.precision", t.precision, "bf16 or fp32"),
         (t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "auto, cpu or cuda"),
-        (cfg.model.kind in ("seq_cls", "causal_lm"), "model.kind", cfg.model.kind, "seq_cls or causal_lm"),
+        (
+            cfg.model.kind in ("seq_cls", "causal_lm"),
+            "model.kind",
+            cfg.model.kind,
+            "seq_cls or causal_lm",
+        ),
         (cfg.task.max_length >= 2, "task.max_length", cfg.task.max_length, ">= 2"),
+        (
+            cfg.task.get("type", "classification") in TASK_TYPES,
+            "task.type",
+            cfg.task.get("type"),
+            " or ".join(TASK_TYPES),
+        ),
+        (
+            0 <= t.get("label_smoothing", 0.0) < 1,
+            "train.label_smoothing",
+            t.get("label_smoothing"),
+            "in [0, 1)",
+        ),
     ]
     for ok, key, value, expected in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    _validate_track(cfg)
+
+
+TASK_TYPES = ("classification", "generation")
+METRICS = ("accuracy", "exact_match", "rouge", "bleu", "chrf", "ter")
+
+
+def _validate_track(cfg: Any) -> None:
+    """The model kind and the task type fit together, and the causal track has its prompt."""
+    task, kind = cfg.task, cfg.model.kind
+    ttype = task.get("type", "classification")
+    if ttype == "generation" and kind != "causal_lm":
+        raise ConfigError(
+            f"task {task.name!r} is a generation task and needs model.kind=causal_lm "
+            f"(model {cfg.model.name!r} is {kind}); choose a causal LM, e.g. model=smollm2"
+        )
+    if kind == "causal_lm":
+        if not task.get("prompt"):
+            raise ConfigError(
+                f"task {task.name!r} has no task.prompt, which model.kind=causal_lm needs "
+                "(a template over the data set's fields, e.g. 'Review: {text}\\nSentiment:')"
+            )
+        words, names = list(task.get("label_words") or []), list(task.label_names or [])
+        if ttype == "classification" and (not words or (names and len(words) != len(names))):
+            raise ConfigError(
+                f"task.label_words={words} must give one word per label {names} for the "
+                "causal-LM track (scored by their likelihood after the prompt)"
+            )
+        if ttype == "generation" and not task.get("target_field"):
+            raise ConfigError(f"generation task {task.name!r} needs task.target_field")
+    unknown = [m for m in task.get("metrics") or [] if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"task.metrics has unknown {unknown}; known: {list(METRICS)}")

