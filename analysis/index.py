@@ -9,7 +9,7 @@
 * ``results/tables/table6.{md,csv,tex}``: validation accuracy against r for Wq; Wq,Wv;
   Wq,Wk,Wv,Wo.
 
-Cells are mean ± std over seeds (std is 0 with one seed; n is given), with the trainable LoRA
+Cells are mean ± std over seeds (no std with one seed; n is given), with the trainable LoRA
 parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_tables.json``). Reads
 run directories only, through :mod:`lora_repro.runs`; never trains.
 """
@@ -111,7 +111,7 @@ def _cell(g: pd.DataFrame) -> dict:
     acc = g["val_accuracy"].to_numpy(float) * 100
     return {
         "mean": float(acc.mean()),
-        "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+        "std": float(acc.std(ddof=1)) if len(acc) > 1 else None,  # undefined for one seed
         "n": int(len(acc)),
         "params": int(g["n_lora_params"].iloc[0]),
     }
@@ -120,6 +120,8 @@ def _cell(g: pd.DataFrame) -> dict:
 def _fmt(c: dict | None) -> str:
     if c is None:
         return "–"
+    if c["std"] is None:
+        return f"{c['mean']:.1f} (n=1)"
     return f"{c['mean']:.1f} ± {c['std']:.1f} (n={c['n']})"
 
 

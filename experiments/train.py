@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> float | None:
             log.error("run failed: %s: %s", type(e).__name__, e)
             return None
         sys.exit(f"error: {e}")
-    return summary["val_accuracy"]
+    return summary.get("val_metric")  # the sweep objective: accuracy, exact match, ROUGE or BLEU
 
 
 if __name__ == "__main__":

@@ -405,6 +405,10 @@ def _phi11_all_views(ctx: _Ctx, a: RunRecord, b: RunRecord, layer: int) -> dict[
     return out
 
 
+def _num(x: float | None, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
 def _summary_md(s: dict[str, Any]) -> str:
     lines = [
         f"# Section 7 summary: {s['task']}/{s['model']}, layer {s['layer']} of {s['n_layers']}",
@@ -436,10 +440,12 @@ def _summary_md(s: dict[str, Any]) -> str:
             p = paper.get(int(r), {})
             pa = f"{p['amplification']:.2f}" if p else ""
             pr = f"{p['ratio_to_random']:.2f}" if p else ""
-            lines.append(
-                f"| {r} | {t['amplification']:.2f} | {t['ratio_to_random']:.2f} | "
-                f"{t['sigma2_over_sigma1']:.3f} | {pa} | {pr} |"
-            )
+            cells = [
+                _num(t["amplification"], ".2f"),
+                _num(t["ratio_to_random"], ".2f"),
+                _num(t["sigma2_over_sigma1"], ".3f"),  # None at r = 1: ΔW has one σ
+            ]
+            lines.append(f"| {r} | " + " | ".join(cells) + f" | {pa} | {pr} |")
         lines.append("")
     if s.get("missing"):
         lines += ["## Missing", ""] + [f"- {m}" for m in s["missing"]] + [""]
