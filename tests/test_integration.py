@@ -61,7 +61,7 @@ def test_sweep_skips_finished_runs_and_matches_standalone_runs(tmp_path):
 
     p = _run(args)  # a rerun trains nothing
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stderr.count("already finished, skipped") == 2
+    assert (p.stdout + p.stderr).count("already finished, skipped") == 2  # Hydra logs to stdout
     assert {k: v.stat().st_mtime_ns for k, v in adapters.items()} == mtimes
 
     # seed 1 ran second in the sweep's process (model and data from the process cache):
