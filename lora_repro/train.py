@@ -264,6 +264,17 @@ def _seq_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals)
     return Track([len(x) for x in train_ids], batch_loss, ev, evals)
 
 
+def _lm_batch_loss(train: list, pad_id: int, device: torch.device, precision: str, ls: float):
+    """Causal-LM loss of a batch of training examples (indices into ``train``), targets only."""
+
+    def batch_loss(model, b: list[int]) -> torch.Tensor:
+        ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
+
+    return batch_loss
+
+
 def _causal_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals) -> Track:
     """Prompt → label word (GPT-3 style): LM loss on the label word, evaluation by likelihood."""
     tc, task = cfg.train, cfg.task
@@ -281,10 +292,7 @@ def _causal_cls_track(cfg, data: ClassificationData, tok, device, ls: float, eva
         for p, y in zip(prompt_ids["train"], labels["train"], strict=True)
     ]
 
-    def batch_loss(model, b: list[int]) -> torch.Tensor:
-        ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
+    batch_loss = _lm_batch_loss(train, pad_id, device, tc.precision, ls)
 
     def ev(model, split: str):
         was_training = model.training
@@ -325,10 +333,7 @@ def _causal_gen_track(cfg, data: GenerationData, tok, device, ls: float, evals) 
         for s in evals
     }
 
-    def batch_loss(model, b: list[int]) -> torch.Tensor:
-        ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
+    batch_loss = _lm_batch_loss(train, pad_id, device, tc.precision, ls)
 
     def ev(model, split: str):
         was_training = model.training
