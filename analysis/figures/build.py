@@ -520,44 +520,29 @@ def build_all(opts: Options) -> Report:
             report.not_drawn[name] = str(msg)
             return None
 
-    pair = _rank_pair(ctx)
-    if pair is None:
+    # Fig. 3 / 6 compare two ranks at seed 0; Fig. 4 / 7 two seeds at one rank: same steps.
+    for kind, pair, fig, fig_layers, why, summary_name in (
+        ("ranks", _rank_pair(ctx), figure3, ("figure3", "figure6"), "needs two ranks at seed 0",
+         "summary φ(1,1) ranks"),
+        ("seeds", _seed_pair(ctx), figure4, ("figure4", "figure7"), "needs two seeds at one rank",
+         "summary φ(1,1) seeds"),
+    ):  # fmt: skip
+        if pair is None:
+            for v in opts.views:
+                for name in fig_layers:
+                    report.not_drawn[f"{name}_{v}"] = why
+            continue
+        summary["runs"][kind] = [str(p.path) for p in pair]
         for v in opts.views:
-            report.not_drawn[f"figure3_{v}"] = "needs two ranks at seed 0"
-            report.not_drawn[f"figure6_{v}"] = "needs two ranks at seed 0"
-    else:
-        summary["runs"]["ranks"] = [str(p.path) for p in pair]
-        for v in opts.views:
-            attempt(f"figure3_{v}", figure3, ctx, pair, v, [layer])
-            attempt(f"figure6_{v}", figure3, ctx, pair, v, layers)
-        block = attempt("summary φ(1,1) ranks", _phi11_all_views, ctx, *pair, layer)
+            attempt(f"{fig_layers[0]}_{v}", fig, ctx, pair, v, [layer])
+            attempt(f"{fig_layers[1]}_{v}", fig, ctx, pair, v, layers)
+        block = attempt(summary_name, _phi11_all_views, ctx, *pair, layer)
         if block:
             block["pair"] = f"{_label(pair[0])} vs {_label(pair[1])}"
-            summary["phi11"]["ranks"] = block
-        summary["phi11_by_layer"]["ranks"] = {
+            summary["phi11"][kind] = block
+        summary["phi11_by_layer"][kind] = {
             f"dW{w}": {
                 v: {str(li): _safe_phi11(ctx, pair, w, li, v) for li in layers} for v in sub.VIEWS
-            }
-            for w in opts.targets
-        }
-
-    spair = _seed_pair(ctx)
-    if spair is None:
-        for v in opts.views:
-            report.not_drawn[f"figure4_{v}"] = "needs two seeds at one rank"
-            report.not_drawn[f"figure7_{v}"] = "needs two seeds at one rank"
-    else:
-        summary["runs"]["seeds"] = [str(p.path) for p in spair]
-        for v in opts.views:
-            attempt(f"figure4_{v}", figure4, ctx, spair, v, [layer])
-            attempt(f"figure7_{v}", figure4, ctx, spair, v, layers)
-        block = attempt("summary φ(1,1) seeds", _phi11_all_views, ctx, *spair, layer)
-        if block:
-            block["pair"] = f"{_label(spair[0])} vs {_label(spair[1])}"
-            summary["phi11"]["seeds"] = block
-        summary["phi11_by_layer"]["seeds"] = {
-            f"dW{w}": {
-                v: {str(li): _safe_phi11(ctx, spair, w, li, v) for li in layers} for v in sub.VIEWS
             }
             for w in opts.targets
         }
