@@ -125,6 +125,18 @@ def _fmt(c: dict | None) -> str:
     return f"{c['mean']:.1f} ± {c['std']:.1f} (n={c['n']})"
 
 
+def _cell_columns(sel: pd.DataFrame) -> dict:
+    """The columns of one table cell: params, mean, std, seeds and the formatted cell ("–" if empty)."""
+    c = _cell(sel) if len(sel) else None
+    return {
+        "params": c["params"] if c else None,
+        "val_acc_mean": c["mean"] if c else None,
+        "val_acc_std": c["std"] if c else None,
+        "n_seeds": c["n"] if c else 0,
+        "cell": _fmt(c),
+    }
+
+
 def _groups(index: pd.DataFrame):
     # Tables are per (task, model); runs with non-default layer selection are left out.
     base = index[index["layers"].isna()] if "layers" in index else index
@@ -144,18 +156,13 @@ def table5(index: pd.DataFrame, results: str | Path, budget: int | None = None) 
             continue
         for i, s in enumerate(TABLE5_SETS):
             sel = g[(g["targets"] == s) & (g["r"] == ranks[s])]
-            c = _cell(sel) if len(sel) else None
             rows.append(
                 {
                     "task": task,
                     "model": model,
                     "targets": s,
                     "r": ranks[s],
-                    "params": c["params"] if c else None,
-                    "val_acc_mean": c["mean"] if c else None,
-                    "val_acc_std": c["std"] if c else None,
-                    "n_seeds": c["n"] if c else 0,
-                    "cell": _fmt(c),
+                    **_cell_columns(sel),
                     "paper_r": PAPER["table5"]["r"][i],
                     "paper_WikiSQL": PAPER["table5"]["WikiSQL"][i],
                     "paper_MultiNLI": PAPER["table5"]["MultiNLI"][i],
@@ -171,18 +178,13 @@ def table6(index: pd.DataFrame) -> pd.DataFrame:
         for s in TABLE6_SETS:
             for j, r in enumerate(TABLE6_RANKS):
                 sel = g[(g["targets"] == s) & (g["r"] == r)]
-                c = _cell(sel) if len(sel) else None
                 rows.append(
                     {
                         "task": task,
                         "model": model,
                         "targets": s,
                         "r": r,
-                        "params": c["params"] if c else None,
-                        "val_acc_mean": c["mean"] if c else None,
-                        "val_acc_std": c["std"] if c else None,
-                        "n_seeds": c["n"] if c else 0,
-                        "cell": _fmt(c),
+                        **_cell_columns(sel),
                         "paper_WikiSQL": PAPER["table6"]["WikiSQL"][s][j],
                         "paper_MultiNLI": PAPER["table6"]["MultiNLI"][s][j],
                     }
