@@ -541,13 +541,10 @@ def render(payload: dict[str, Any]) -> str:
             f"({rep['w_only_per_W_s']:.1f} s each), and W's top-r σ (above)",
             common.table(["what", "total s", "factored SVD s", "φ s", "‖UᵀWV‖F s"], rrows),
         ]
-    for key in ("factored_speedup_at_d", "factored_speedup_largest_measured", "report_96x4_wall_s"):
-        t = payload["targets"][key]
-        if t["value"] is not None:
-            lines.append(
-                f"{key}: {t['value']:.4g} (target {t['rule']} {t['target']}: "
-                f"{'met' if t['met'] else 'MISSED'})"
-            )
+    lines += common.target_lines(
+        payload,
+        ("factored_speedup_at_d", "factored_speedup_largest_measured", "report_96x4_wall_s"),
+    )
     return "\n".join(lines)
 
 

@@ -250,3 +250,16 @@ def blas_threads_choice(value: str) -> int | None:
 def python_cmd(module: str, *args: str) -> list[str]:
     """``[python, -m, module, *args]`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+def target_lines(payload: dict[str, Any], keys: Sequence[str], target_fmt: str = "") -> list[str]:
+    """One line per measured target: ``key: value (target <rule> <target>: met|MISSED)``."""
+    lines = []
+    for key in keys:
+        t = payload["targets"][key]
+        if t["value"] is not None:
+            lines.append(
+                f"{key}: {t['value']:.4g} (target {t['rule']} {format(t['target'], target_fmt)}: "
+                f"{'met' if t['met'] else 'MISSED'})"
+            )
+    return lines

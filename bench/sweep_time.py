@@ -277,13 +277,7 @@ def render(payload: dict[str, Any]) -> str:
             " s outside the runs (process starts, Hydra, collection)"
         )
     lines.append(f"sweep wall: {payload['sweep_wall_s']:.0f} s ({payload['sweep_wall_rule']})")
-    for key in ("sweep_wall_s", "median_setup_share"):
-        t = payload["targets"][key]
-        if t["value"] is not None:
-            lines.append(
-                f"{key}: {t['value']:.4g} (target {t['rule']} {t['target']:g}: "
-                f"{'met' if t['met'] else 'MISSED'})"
-            )
+    lines += common.target_lines(payload, ("sweep_wall_s", "median_setup_share"), "g")
     return "\n".join(lines)
 
 
