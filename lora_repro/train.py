@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -636,8 +635,3 @@ def _write_predictions(run_dir: Path, split: str, data: TaskData, preds: list[st
         for p, r, y in zip(prompts, refs, preds, strict=True)
     )
     runs.atomic_write_text(run_dir / f"predictions_{split}.jsonl", text)
-
-
-def clear_run(run_dir: str | os.PathLike) -> None:
-    """Delete a run directory (e.g. to force a retrain)."""
-    shutil.rmtree(run_dir, ignore_errors=True)
