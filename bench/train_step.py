@@ -153,7 +153,7 @@ def build_variant(
     *,
     r: int = 8,
     alpha: float = 8.0,
-    lr: float = 2e-3,
+    lr: float = 4e-3,
     lr_full: float = 5e-5,
     seed: int = 0,
     model: str = "minilm",

@@ -86,7 +86,7 @@ class TrainConfig:
     max_steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 4e-3
     head_lr: float | None = None  # defaults to lr
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06

@@ -87,7 +87,7 @@ def test_rerun_is_a_noop_and_conflicts_are_refused(results):
     mtime = (run_dir / "adapter.safetensors").stat().st_mtime_ns
     _, s2, _ = _fit(results, "train.eval_every=1")  # evaluation cadence is not part of identity
     assert s2 == s1 and (run_dir / "adapter.safetensors").stat().st_mtime_ns == mtime
-    with pytest.raises(RunConflict, match=r"train.lr: 0.002 \(saved\) vs 0.001 \(now\)"):
+    with pytest.raises(RunConflict, match=r"train.lr: 0.004 \(saved\) vs 0.001 \(now\)"):
         _fit(results, "train.lr=1e-3")
 
 
