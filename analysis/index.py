@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from analysis.tables import write_table
 from lora_repro import runs
 from lora_repro.budget import auto_budget, rank_for_budget
 
@@ -192,69 +192,6 @@ def table6(index: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------------------------------------
-# Writers: markdown and LaTeX written directly (no extra dependency), all atomically
-# ------------------------------------------------------------------------------------------------
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table of ``df`` (values as shown by ``str``)."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join("" if _isna(v) else _show(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_latex(df: pd.DataFrame, caption: str) -> str:
-    """A booktabs LaTeX table of ``df``."""
-
-    def esc(s: str) -> str:
-        return (
-            s.replace("\\", "\\textbackslash{}")
-            .replace("_", "\\_")
-            .replace("%", "\\%")
-            .replace("&", "\\&")
-            .replace("±", "$\\pm$")
-        )
-
-    cols = [esc(str(c)) for c in df.columns]
-    out = [
-        "\\begin{table}[t]",
-        "\\centering",
-        f"\\caption{{{esc(caption)}}}",
-        "\\begin{tabular}{" + "l" * len(cols) + "}",
-        "\\toprule",
-        " & ".join(cols) + " \\\\",
-        "\\midrule",
-    ]
-    for _, row in df.iterrows():
-        out.append(" & ".join("" if _isna(v) else esc(_show(v)) for v in row) + " \\\\")
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(out) + "\n"
-
-
-def _isna(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
-
-
-def _show(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
-    return str(v)
-
-
-def write_table(df: pd.DataFrame, stem: str | Path, caption: str, preamble: str = "") -> list[Path]:
-    """Atomically write ``<stem>.md`` (caption, preamble, table), ``.csv`` and ``.tex``."""
-    stem = Path(stem)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    md = f"**{caption}**\n\n" + (preamble + "\n\n" if preamble else "") + to_markdown(df)
-    return [
-        runs.atomic_write_text(stem.with_suffix(".csv"), buf.getvalue()),
-        runs.atomic_write_text(stem.with_suffix(".md"), md),
-        runs.atomic_write_text(stem.with_suffix(".tex"), to_latex(df, caption)),
-    ]
-
-
 def write_index(index: pd.DataFrame, results: str | Path) -> list[Path]:
     """Atomically write ``index.parquet`` and ``index.csv`` under ``results``."""
     results = Path(results)
@@ -293,9 +230,13 @@ def collect(results: str | Path, budget: int | None = None) -> dict[str, pd.Data
     )
     tables = results / "tables"
     if not t5.empty:
-        write_table(t5, tables / "table5", PAPER["table5"]["caption"] + " — reproduction", note)
+        write_table(
+            t5, tables / "table5", PAPER["table5"]["caption"] + " — reproduction", preamble=note
+        )
     if not t6.empty:
-        write_table(t6, tables / "table6", PAPER["table6"]["caption"] + " — reproduction", note)
+        write_table(
+            t6, tables / "table6", PAPER["table6"]["caption"] + " — reproduction", preamble=note
+        )
     out.update(table5=t5, table6=t6)
     return out
 

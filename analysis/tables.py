@@ -1,14 +1,12 @@
-"""Table 7 (paper §7.3) as a DataFrame with the paper's values beside ours, and its writers.
-
-Markdown and LaTeX are written by hand (no ``tabulate`` or ``jinja2`` needed).
-"""
+"""Table 7 (paper §7.3) as a DataFrame with the paper's values beside ours, and the one writer of
+every table (md through pandas/tabulate, LaTeX through pandas' Styler, CSV)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -82,11 +80,21 @@ def table7_frame(stats_by_rank: Mapping[int, Mapping[str, float]]) -> pd.DataFra
     return df
 
 
-def _fmt(x: Any) -> str:
+def _isna(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def show(v: Any) -> str:
+    """A cell of Tables 5/6: floats to 4 significant figures (whole numbers from 10⁴)."""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def show3(x: Any) -> str:
+    """A cell of Table 7: 3 significant figures, scientific below 0.01 and from 10⁴."""
     if isinstance(x, str):
         return x
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
     if isinstance(x, float) and math.isinf(x):
         return "inf"
     ax = abs(float(x))
@@ -95,58 +103,75 @@ def _fmt(x: Any) -> str:
     return f"{x:.3g}" if ax < 1 else f"{x:.2f}"
 
 
-def to_markdown(df: pd.DataFrame, caption: str = "") -> str:
-    """A GitHub-markdown table of ``df`` (index as first column), numbers to 3 figures."""
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [_fmt(v) for v in row.tolist()]) + " |")
-    out = "\n".join(lines) + "\n"
-    return (caption.rstrip() + "\n\n" + out) if caption else out
-
-
-def _tex_escape(s: str) -> str:
-    for a, b in (("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+def latex_escape(s: str) -> str:
+    """Escape LaTeX's special characters in plain text (``±`` becomes ``$\\pm$``)."""
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+    ):
         s = s.replace(a, b)
-    return s
+    return s.replace("±", r"$\pm$")
 
 
-def table7_latex(df: pd.DataFrame, caption: str = "") -> str:
-    """A booktabs LaTeX table of :func:`table7_frame` output (``label`` column as row names)."""
-    tex_labels = {key: tex for key, _, tex in TABLE7_ROWS}
-    cols = [c for c in df.columns if c != "label"]
-    head = " & ".join(["quantity"] + [_tex_escape(c) for c in cols]) + r" \\"
-    body = []
-    for key, row in df.iterrows():
-        cells = [tex_labels.get(str(key), _tex_escape(str(key)))]
-        cells += [_fmt(row[c]).replace("inf", r"$\infty$") for c in cols]
-        body.append(" & ".join(cells) + r" \\")
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\begin{tabular}{l" + "r" * len(cols) + "}",
-        r"\toprule",
-        head,
-        r"\midrule",
-        *body,
-        r"\bottomrule",
-        r"\end{tabular}",
+def write_table(
+    df: pd.DataFrame,
+    stem: str | os.PathLike,
+    caption: str,
+    *,
+    preamble: str = "",
+    fmt: Callable[[Any], str] = show,
+    tex_cells: Mapping[str, Sequence[str]] | None = None,
+) -> list[Path]:
+    """Atomically write ``<stem>.md`` (caption, preamble, table), ``<stem>.csv`` and ``<stem>.tex``.
+
+    The one writer of every table (5, 6, 7): markdown through pandas/tabulate, a booktabs table
+    through pandas' Styler, the CSV with full-precision values. ``df``'s index is not written.
+
+    Args:
+        df: the table, one row per table row; NaN/None cells are left empty.
+        stem: path without suffix; its folder is created.
+        caption: bold first line of the markdown, ``\\caption`` of the LaTeX (escaped).
+        preamble: markdown paragraph between caption and table.
+        fmt: how a non-string cell is shown in markdown and LaTeX.
+        tex_cells: column -> raw LaTeX cells (not escaped) that replace that column in the .tex.
+
+    Returns:
+        The three paths, csv first.
+    """
+    stem = Path(stem)
+    cells = df.astype(object).map(lambda v: "" if _isna(v) else fmt(v))
+    md = cells.to_markdown(index=False, tablefmt="github", disable_numparse=True)
+    md = f"**{caption}**\n\n" + (preamble + "\n\n" if preamble else "") + md + "\n"
+    tex = cells.map(latex_escape)
+    for col, raw in (tex_cells or {}).items():
+        tex[col] = list(raw)
+    tex.columns = [latex_escape(str(c)) for c in tex.columns]
+    latex = tex.style.hide(axis="index").to_latex(
+        column_format="l" * tex.shape[1],
+        position="t",
+        position_float="centering",
+        hrules=True,
+        caption=latex_escape(caption),
+    )
+    return [
+        atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False)),
+        atomic_write_text(stem.with_suffix(".md"), md),
+        atomic_write_text(stem.with_suffix(".tex"), latex),
     ]
-    if caption:
-        lines.append(r"\caption{" + _tex_escape(caption) + "}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
 
 
 def write_table7(df: pd.DataFrame, out_dir: str | os.PathLike, caption: str = "") -> list[Path]:
-    """Write ``table7.md``, ``table7.csv`` and ``table7.tex`` into ``out_dir`` atomically.
+    """Write ``table7.{csv,md,tex}`` into ``out_dir`` atomically (:func:`write_table`).
+
+    The quantity key is the first column; the LaTeX shows the row labels in math.
 
     Returns:
         The three paths.
     """
-    out = Path(out_dir)
-    paths = [out / "table7.md", out / "table7.csv", out / "table7.tex"]
-    atomic_write_text(paths[0], to_markdown(df, caption))
-    atomic_write_text(paths[1], df.to_csv(float_format="%.10g"))
-    atomic_write_text(paths[2], table7_latex(df, caption))
-    return paths
+    tex_labels = {key: tex for key, _, tex in TABLE7_ROWS}
+    flat = df.reset_index()
+    raw = [tex_labels.get(str(k), latex_escape(str(k))) for k in flat["quantity"]]
+    return write_table(flat, Path(out_dir) / "table7", caption, fmt=show3, tex_cells={"label": raw})

@@ -93,3 +93,36 @@ def test_table5_with_an_explicit_budget(results):
     t5 = table5(index, results, budget=LAYERS * 2 * D * 4).set_index("targets")  # r=4 on one type
     assert t5.loc["q", "r"] == 4 and t5.loc["q,v", "r"] == 2 and t5.loc["q,k,v,o", "r"] == 1
     assert table6(index.iloc[0:0]).empty
+
+
+def test_write_table_formats_escapes_and_leaves_nan_empty(tmp_path):
+    from analysis.tables import write_table
+
+    df = pd.DataFrame(
+        {"targets": ["q_v", "q,k"], "acc_%": [80.12345, float("nan")], "cell": ["80.1 ± 0.2", "#1"]}
+    )
+    csv, md, tex = write_table(
+        df,
+        tmp_path / "sub" / "t",
+        "A 50% & more",
+        preamble="Note.",
+        tex_cells={"cell": ["$x$", "$y$"]},
+    )
+    assert [p.name for p in (csv, md, tex)] == ["t.csv", "t.md", "t.tex"]
+    text = md.read_text()
+    assert text.startswith("**A 50% & more**\n\nNote.\n\n| targets")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[6:]]
+    assert rows == [["q_v", "80.12", "80.1 ± 0.2"], ["q,k", "", "#1"]]  # 4 significant figures
+    latex = tex.read_text()
+    assert r"\caption{A 50\% \& more}" in latex and r"\toprule" in latex
+    assert r"targets & acc\_\% & cell \\" in latex
+    assert r"q\_v & 80.12 & $x$ \\" in latex and r"q,k &  & $y$ \\" in latex  # raw cells kept
+    back = pd.read_csv(csv)
+    assert back["acc_%"].iloc[0] == 80.12345 and np.isnan(back["acc_%"].iloc[1])
+
+
+def test_latex_escape_turns_plus_minus_into_math():
+    from analysis.tables import latex_escape
+
+    assert latex_escape("72.0 ± 2.8 (n=2)") == r"72.0 $\pm$ 2.8 (n=2)"
+    assert latex_escape(r"a\b_c") == r"a\textbackslash{}b\_c"
