@@ -6,7 +6,8 @@
 of the four. A run is identified by its config, not by the grid that asked for it: a run that two
 grids share is trained once, and every run that already finished is skipped, so rerunning a sweep
 trains nothing and a killed sweep resumes where it stopped. ``--launcher`` is a file in
-``conf/hydra/launcher/`` (local, parallel, submitit_local, slurm): the run code never knows it.
+``conf/hydra/launcher/`` (local, parallel, slurm) or hydra-submitit-launcher's own
+``submitit_local``: the run code never knows it.
 
 Exit status: 0 when every run of the grid finished, 1 when some failed (they are listed), 2 on a
 bad argument.
@@ -15,28 +16,39 @@ bad argument.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lora_repro import runs
+
+# Set for each grid: experiments.train appends a JSON line per failed run, so that failures that
+# happen before a run directory exists (a conflict, a bad rank) are reported too.
+FAILURE_LOG_ENV = "LORA_REPRO_FAILURE_LOG"
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 PAPER = ["table5", "table6", "subspace", "seeds"]
+# Launcher configs that hydra-submitit-launcher itself provides (a file of the same name in
+# conf/hydra/launcher/ would shadow it and recurse).
+PLUGIN_LAUNCHERS = {"submitit_local"}
 
 
-def grids(name: str) -> list[str]:
-    """The grid files a sweep name stands for.
-
-    Raises:
-        SystemExit: for an unknown name (lists the known ones).
-    """
-    known = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+def grids(name: str) -> list[str] | None:
+    """The grid files a sweep name stands for; ``None`` for an unknown name."""
     if name == "paper":
         return PAPER
-    if name not in known:
-        raise SystemExit(f"error: unknown sweep {name!r}; choose one of {['paper', *known]}")
-    return [name]
+    known = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+    return [name] if name in known else None
+
+
+def launchers() -> list[str]:
+    """Launcher names: the files of conf/hydra/launcher/ and the plugin's submitit_local."""
+    return sorted({q.stem for q in (CONF / "hydra" / "launcher").glob("*.yaml")} | PLUGIN_LAUNCHERS)
 
 
 def results_dir(overrides: list[str]) -> Path:
@@ -55,13 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-collect", action="store_true", help="skip writing the index and tables")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=minilm seed=0,1,2")
     args = p.parse_args(argv)
-    launchers = sorted(q.stem for q in (CONF / "hydra" / "launcher").glob("*.yaml"))
-    if args.launcher not in launchers:
-        print(
-            f"error: unknown launcher {args.launcher!r}; choose one of {launchers}", file=sys.stderr
-        )
-        return 2
+    if args.launcher not in launchers():
+        return _bad(f"unknown launcher {args.launcher!r}; choose one of {launchers()}")
     names = grids(args.sweep)
+    if names is None:
+        known = ["paper", *sorted(q.stem for q in (CONF / "sweep").glob("*.yaml"))]
+        return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}")
+    results = results_dir(args.overrides)
+    problem = runs.results_dir_problem(results)
+    if problem:
+        return _bad(problem)
+    results.mkdir(parents=True, exist_ok=True)
+    failure_log = (
+        results / ".hydra" / f"failures-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    )
+    failure_log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, FAILURE_LOG_ENV: str(failure_log.resolve())}
     failed_grids = []
     for name in names:
         cmd = [
@@ -74,14 +95,16 @@ def main(argv: list[str] | None = None) -> int:
             *args.overrides,
         ]
         print(f"== sweep {name}: {' '.join(cmd[1:])}", flush=True)
-        rc = subprocess.call(cmd)
+        rc = _call(cmd, env)
+        if rc in (-2, 130):  # Ctrl-C: stop here; finished runs are kept
+            print(
+                "interrupted; finished runs are kept: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return 130
         if rc != 0:
             failed_grids.append(name)
-            if rc in (-2, 130):  # Ctrl-C: stop here; finished runs are kept
-                print("interrupted; rerun the same command to resume", file=sys.stderr)
-                return 130
 
-    results = results_dir(args.overrides)
     if not args.no_collect:
         from analysis.index import main as collect_main
 
@@ -89,15 +112,46 @@ def main(argv: list[str] | None = None) -> int:
 
     from analysis.index import unfinished_runs
 
+    failures = runs.read_jsonl(failure_log) if failure_log.exists() else []
+    for f in failures:
+        print(f"failed: {' '.join(f['overrides'])}: {f['error']}", file=sys.stderr)
     bad = unfinished_runs(results)
-    if failed_grids or bad:
+    if failed_grids or bad or failures:
+        parts = [f"{len(failures)} run(s) failed"] if failures else []
+        if bad:
+            parts.append(f"{len(bad)} run director(ies) did not finish")
+        if failed_grids:
+            parts.append(f"grid(s) {failed_grids} exited with an error (see above)")
         print(
-            f"error: {len(bad)} run(s) did not finish (grids with errors: {failed_grids}); "
-            "see each run's status.json, fix, and rerun the same command",
+            f"error: {'; '.join(parts)}; fix what is reported above and rerun the same command "
+            "(finished runs are skipped)",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _bad(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _call(cmd: list[str], env: dict[str, str]) -> int:
+    """Run one grid; on Ctrl-C let it mark its run failed (SIGINT, then kill after 30 s)."""
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            try:
+                return proc.wait(timeout=2)  # a terminal's Ctrl-C reached the grid too
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+            proc.wait()
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ All logic lives in :func:`lora_repro.train.fit`; this file only composes the con
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -20,6 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from experiments.sweep import FAILURE_LOG_ENV, results_dir
+from lora_repro import runs
 from lora_repro.config import RunConfig
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -45,15 +48,39 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = fit(cfg)
+    except KeyboardInterrupt:
+        log.error("interrupted: the run is marked failed; rerun the same command to redo it")
+        sys.exit(130)
     except Exception as e:  # noqa: BLE001 - reported below, the status file says failed
         if type(e).__name__ not in USER_ERRORS:
             raise
         if multirun:  # keep the sweep going; experiments.sweep reports failed runs at the end
             log.error("run failed: %s: %s", type(e).__name__, e)
+            if os.environ.get(FAILURE_LOG_ENV):
+                runs.append_jsonl(
+                    os.environ[FAILURE_LOG_ENV],
+                    {
+                        "overrides": list(HydraConfig.get().overrides.task),
+                        "error": f"{type(e).__name__}: {e}",
+                    },
+                )
             return None
         sys.exit(f"error: {e}")
     return summary.get("val_metric")  # the sweep objective: accuracy, exact match, ROUGE or BLEU
 
 
+def check_results_dir(argv: list[str]) -> None:
+    """Exit with one line when the results folder of ``argv``'s overrides cannot hold results.
+
+    Hydra creates its log folder below ``paths.results`` before the run starts, so a results path
+    that is a file or not writable is caught here, not inside the run.
+    """
+    results = results_dir([a for a in argv if not a.startswith("-")])
+    problem = None if "," in str(results) else runs.results_dir_problem(results)
+    if problem:
+        sys.exit(f"error: {problem}")
+
+
 if __name__ == "__main__":
+    check_results_dir(sys.argv[1:])
     main()

@@ -8,10 +8,13 @@ public contract.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError
 
 
 class ConfigError(ValueError):
@@ -41,7 +44,9 @@ class TaskConfig:
     hf_path: str | None = None
     hf_name: str | None = None
     revision: str | None = None
-    data_files: dict[str, Any] | None = None  # {hub split name: local file} instead of the hub
+    data_files: Any = (
+        None  # {hub split name: local file} instead of the hub (Any: see target_modules)
+    )
     data_dir: str | None = None  # or a folder of <hub split name>.{jsonl,json,parquet,csv} files
     file_format: str = "json"
     text_fields: list[str] = field(default_factory=lambda: ["text"])
@@ -78,7 +83,9 @@ class AdapterConfig:
     init: str = "gaussian"  # gaussian | kaiming_uniform | gaussian_1_over_r
     scaling: str = "standard"  # standard (α/r) | rslora (α/√r)
     layers: list[int] | None = None
-    target_modules: dict[str, str] | None = None
+    # {type: regex} or null. Typed Any (checked in validate): OmegaConf cannot set an
+    # Optional[Dict] that defaults to None from the command line.
+    target_modules: Any = None
 
 
 @dataclass
@@ -173,7 +180,59 @@ def validate(cfg: Any) -> None:
     for ok, key, value, expected in checks:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+    _validate_keys(cfg)
+    _validate_run(cfg)
     _validate_track(cfg)
+
+
+GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
+
+
+def _validate_keys(cfg: Any) -> None:
+    """Every key is one the schema knows (``+key=value`` overrides get past Hydra's check)."""
+    try:
+        OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.to_container(cfg))
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"unknown config key {key!r}: the schema (lora_repro/config.py) has no such key; "
+            "check its spelling and drop the leading '+' from the override"
+        ) from None
+
+
+def _validate_run(cfg: Any) -> None:
+    """Adapter targets and layers, seeds, subset sizes, mappings and the run group."""
+    a = cfg.adapter
+    if not list(a.targets):
+        raise ConfigError(
+            "adapter.targets is empty: give one or more of q, k, v, o, e.g. adapter.targets=[q,v]"
+        )
+    if a.layers is not None and (len(a.layers) == 0 or min(a.layers) < 0):
+        raise ConfigError(
+            f"adapter.layers={list(a.layers)} is invalid: expected null (every layer) or a "
+            "non-empty list of layer indices >= 0"
+        )
+    for key in ("seed", "seed_init", "seed_data"):
+        value = cfg.get(key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}={value} is invalid: expected an integer >= 0")
+    for key in ("max_train_examples", "max_eval_examples"):
+        value = cfg.task.get(key)
+        if value is not None and value < 1:
+            raise ConfigError(f"task.{key}={value} is invalid: expected null (all) or >= 1")
+    for key, node in (
+        ("adapter.target_modules", a.target_modules),
+        ("task.data_files", cfg.task.data_files),
+    ):
+        if node is not None and not isinstance(node, Mapping):
+            raise ConfigError(
+                f"{key}={node!r} is invalid: expected null or a mapping, e.g. {{q: <regex>}}"
+            )
+    if not GROUP_NAME.fullmatch(str(cfg.group)):
+        raise ConfigError(
+            f"group={cfg.group!r} is invalid: expected a folder name (letters, digits, . _ = + -), "
+            "e.g. group=lr1e-3"
+        )
 
 
 TASK_TYPES = ("classification", "generation")

@@ -82,6 +82,12 @@ def _resolve(model_cfg: Any) -> tuple[str, dict[str, Any]]:
     source, ident = model_cfg.source, model_cfg.id
     if source == "package":
         pkg, _, sub = ident.partition("/")
+        if not pkg or importlib.util.find_spec(pkg) is None:
+            raise ModelLoadError(
+                f"model.id={ident!r} names python package {pkg!r}, which is not installed "
+                f"(model {model_cfg.name!r} has model.source=package: id = <package>/<folder>); "
+                f"for a hub model also set model.source=hub, else {PACKAGE_HINT}"
+            )
         path = package_dir(pkg) / sub if sub else package_dir(pkg)
         if not path.exists():
             raise ModelLoadError(f"{path} does not exist inside package {pkg!r}: {PACKAGE_HINT}")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -129,6 +130,7 @@ def atomic_save_safetensors(
     os.close(fd)
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors recreates the file 0600
         _sort_header(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -220,6 +222,52 @@ def run_status(run_dir: str | os.PathLike) -> str | None:
         return read_json(p).get("status")
     except (json.JSONDecodeError, OSError):
         return None
+
+
+def live_trainer(run_dir: str | os.PathLike) -> int | None:
+    """The pid of the process training ``run_dir`` now, if it runs on this host and is alive.
+
+    ``status.json`` of a run in progress holds ``{"status": "running", "pid", "host"}``. A run
+    killed outright keeps that status; its pid is then gone (``None`` here). A pid on another
+    host cannot be checked from here: ``None``.
+    """
+    p = Path(run_dir) / STATUS_FILE
+    try:
+        status = read_json(p)
+    except (json.JSONDecodeError, OSError):
+        return None
+    pid = status.get("pid")
+    if status.get("status") != "running" or not isinstance(pid, int):
+        return None
+    if status.get("host") != socket.gethostname() or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, owned by another user
+        return pid
+    return pid
+
+
+def results_dir_problem(results: str | os.PathLike) -> str | None:
+    """Why ``results`` cannot hold results (a file, or not writable), or ``None`` when it can.
+
+    The folder need not exist yet: the nearest existing parent must then be writable.
+    """
+    path = Path(results)
+    if path.exists() and not path.is_dir():
+        return f"paths.results={results} is a file, not a folder: point it at a folder"
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        return (
+            f"paths.results={results} is not writable by this user: choose a folder you can write"
+        )
+    if not probe.is_dir():
+        return f"paths.results={results} lies below {probe}, which is a file: choose another folder"
+    return None
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:

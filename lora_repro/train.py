@@ -398,6 +398,9 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     """
     t_start = time.time()
     validate(cfg)
+    problem = runs.results_dir_problem(cfg.paths.results)
+    if problem:
+        raise ConfigError(problem)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     data, loaded, targets, lora_cfg, budget = _prepare(cfg)
@@ -405,7 +408,18 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     resolved["adapter"]["r"] = lora_cfg.r
     if budget is not None:
         resolved["adapter"]["budget"] = budget
+    if budget is not None and lora_cfg.r != cfg.adapter.r:
+        log.warning(
+            "adapter.budget=%s sets r=%d for %s; adapter.r=%d is not used",
+            cfg.adapter.budget, lora_cfg.r, ",".join(cfg.adapter.targets), cfg.adapter.r,
+        )  # fmt: skip
     run_dir = run_dir_for(cfg, lora_cfg.r)
+    pid = runs.live_trainer(run_dir)
+    if pid is not None:
+        raise RunConflict(
+            f"{run_dir} is being trained now by process {pid} on this host; wait for it to "
+            "finish (or stop it) and rerun, or set group=<name> to train a second copy"
+        )
 
     if (run_dir / runs.CONFIG_FILE).exists():
         saved = runs.read_config(run_dir)

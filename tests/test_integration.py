@@ -114,3 +114,60 @@ def test_killed_sweep_resumes_to_the_same_index(tmp_path):
     assert (ref / "adapter.safetensors").read_bytes() == (
         redone / "adapter.safetensors"
     ).read_bytes()
+
+
+def test_sweep_reports_runs_that_fail_before_a_run_directory_exists(tmp_path):
+    p = _run(["experiments.sweep", "--sweep", "seeds", f"paths.results={tmp_path}", "adapter.r=0"])
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    failed = [line for line in p.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and all("AdapterError: adapter.r must be" in f for f in failed)
+    assert "seed=0" in failed[0] and "seed=1" in failed[1]
+    assert p.stderr.splitlines()[-1].startswith("error: 2 run(s) failed;")
+
+
+def test_sweep_bad_arguments_exit_2_in_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args, message in [
+        (["--sweep", "nope"], "error: unknown sweep 'nope'; choose one of ['paper', 'seeds', "),
+        (["--launcher", "nope"], "error: unknown launcher 'nope'; choose one of ['local', "),
+        ([f"paths.results={tmp_path / 'afile'}"], "is a file, not a folder"),
+    ]:
+        p = _run(["experiments.sweep", *args], timeout=120)
+        assert p.returncode == 2 and message in p.stderr and len(p.stderr.splitlines()) == 1, (
+            p.stderr
+        )
+
+
+def test_ctrl_c_of_a_sweep_marks_the_run_failed_without_a_traceback(tmp_path):
+    res = tmp_path / "res"
+    cmd = [sys.executable, "-m", "experiments.sweep", "--sweep", "seeds", f"paths.results={res}"]
+    proc = subprocess.Popen(
+        [*cmd, *SMALL[1:], "train.max_steps=100000"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    run_dir = res / "runs" / "rotten_tomatoes" / "minilm" / "q_v-r64-a8" / "seed0"
+    deadline = time.time() + 300
+    while not (run_dir / "meta.json").exists():  # training has started
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted; finished runs are kept" in err
+    assert runs.read_json(run_dir / "status.json") == {
+        "status": "failed",
+        "error": "interrupted",
+        "ended": runs.read_json(run_dir / "status.json")["ended"],
+    }
+
+
+def test_submitit_local_launcher_runs_a_grid(tmp_path):
+    res = tmp_path / "res"
+    p = _run(
+        ["experiments.sweep", "--sweep", "seeds", "--launcher", "submitit_local"]
+        + [f"paths.results={res}", *SMALL]
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [d.name for d in runs.find_runs(res)] == ["seed0", "seed1"]
+    assert list(pd.read_parquet(res / "index.parquet")["seed"]) == [0, 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,62 @@ def test_runs_does_not_import_torch():
     """analysis reads run directories through runs; it must stay importable without torch."""
     code = "import sys, lora_repro.runs; sys.exit(int('torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A run in progress, the results folder, file permissions
+# ------------------------------------------------------------------------------------------------
+def test_live_trainer_names_only_a_live_process_on_this_host(tmp_path):
+    import socket
+
+    d = tmp_path / "run"
+    d.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        for status, expected in [
+            ({"status": "running", "pid": sleeper.pid, "host": host}, sleeper.pid),
+            ({"status": "running", "pid": sleeper.pid, "host": host + "-other"}, None),
+            ({"status": "running", "pid": os.getpid(), "host": host}, None),  # this process
+            ({"status": "success", "pid": sleeper.pid, "host": host}, None),
+            ({"status": "running"}, None),
+        ]:
+            runs.atomic_write_json(d / runs.STATUS_FILE, status)
+            assert runs.live_trainer(d) == expected, status
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    runs.atomic_write_json(
+        d / runs.STATUS_FILE, {"status": "running", "pid": sleeper.pid, "host": host}
+    )
+    assert runs.live_trainer(d) is None  # killed: its pid is gone
+    assert runs.live_trainer(tmp_path / "missing") is None
+
+
+def test_results_dir_problem_names_files_in_the_way(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert runs.results_dir_problem(tmp_path / "new" / "deeper") is None
+    assert runs.results_dir_problem(tmp_path) is None
+    assert (
+        runs.results_dir_problem(afile)
+        == f"paths.results={afile} is a file, not a folder: point it at a folder"
+    )
+    assert "lies below" in runs.results_dir_problem(afile / "sub")
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert "is not writable by this user" in runs.results_dir_problem(ro / "res")
+
+
+def test_result_files_are_readable_by_others_under_umask_022(tmp_path):
+    old = os.umask(0o022)
+    try:
+        st = runs.atomic_save_safetensors(
+            {"a": np.zeros(2, dtype=np.float32)}, tmp_path / "a.safetensors"
+        )
+        js = runs.atomic_write_json(tmp_path / "a.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert oct(st.stat().st_mode & 0o777) == "0o644"
+    assert oct(js.stat().st_mode & 0o777) == "0o644"

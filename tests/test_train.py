@@ -39,6 +39,45 @@ def test_every_config_composes():
         compose(f"hydra/launcher={f.stem}")
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+foo=1", r"unknown config key 'foo'.*drop the leading '\+'"),
+        ("+adapter.rr=3", r"unknown config key 'adapter.rr'"),
+        ("adapter.targets=[]", r"adapter.targets is empty: give one or more of q, k, v, o"),
+        ("adapter.layers=[]", r"adapter.layers=\[\] is invalid"),
+        ("adapter.layers=[-1]", r"adapter.layers=\[-1\] is invalid"),
+        ("seed=-1", r"seed=-1 is invalid: expected an integer >= 0"),
+        ("seed_init=-5", r"seed_init=-5 is invalid"),
+        ("task.max_train_examples=-3", r"task.max_train_examples=-3 is invalid"),
+        ("task.max_eval_examples=0", r"task.max_eval_examples=0 is invalid"),
+        ("group=../../evil", r"group='../../evil' is invalid: expected a folder name"),
+        ("group=a/b", r"group='a/b' is invalid"),
+        (
+            "adapter.target_modules=3",
+            r"adapter.target_modules=3 is invalid: expected null or a mapping",
+        ),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(override, message):
+    from lora_repro.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=message) as e:
+        validate(compose(override))
+    assert "\n" not in str(e.value)
+
+
+def test_target_modules_and_data_files_take_a_mapping_from_the_command_line():
+    from lora_repro.config import validate
+
+    cfg = compose(r'adapter.target_modules={q: "layer\.(\d+)\.attention\.self\.query$"}')
+    validate(cfg)
+    assert dict(cfg.adapter.target_modules) == {"q": r"layer\.(\d+)\.attention\.self\.query$"}
+    cfg = compose("task.data_files={train: /tmp/t.jsonl}", "group=lr1e-3_b16")
+    validate(cfg)
+    assert dict(cfg.task.data_files) == {"train": "/tmp/t.jsonl"}
+
+
 @pytest.mark.slow
 def test_run_directory_is_complete(results):
     cfg, summary, run_dir = _fit(results)
@@ -109,8 +148,11 @@ def test_same_seed_gives_bitwise_identical_adapters(tmp_path):
 
 
 @pytest.mark.slow
-def test_budget_sets_the_rank(results):
-    cfg, summary, run_dir = _fit(results, "adapter.targets=[q,k,v,o]", "adapter.budget=auto")
+def test_budget_sets_the_rank(results, caplog):
+    cfg, summary, run_dir = _fit(
+        results, "adapter.targets=[q,k,v,o]", "adapter.budget=auto", "adapter.r=64"
+    )
+    assert "adapter.budget=auto sets r=2 for q,k,v,o; adapter.r=64 is not used" in caplog.text
     # auto = r 8 on Wq alone = 6 * 8 * 768; spread over 4 square types -> r = 2
     assert summary["r"] == 2 and run_dir.parent.name == "q_k_v_o-r2-a8"
     assert summary["n_lora_params"] == 6 * 8 * 768
@@ -156,6 +198,44 @@ def test_bad_overrides_exit_with_a_clear_error(results, override, message):
     assert p.returncode != 0
     assert message in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_a_run_being_trained_by_a_live_process_is_refused_then_redone(results):
+    import socket
+
+    cfg = compose(*FAST, f"paths.results={results}")
+    run_dir = run_dir_for(cfg, 8)
+    run_dir.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        runs.atomic_write_json(
+            run_dir / "status.json",
+            {"status": "running", "pid": other.pid, "host": socket.gethostname()},
+        )
+        with pytest.raises(RunConflict, match=rf"being trained now by process {other.pid} "):
+            fit(cfg)
+        assert runs.run_status(run_dir) == "running"  # nothing of the other run was touched
+    finally:
+        other.kill()
+        other.wait()
+    summary = fit(cfg)  # its process is gone: the run is redone
+    assert runs.is_finished(run_dir) and summary["steps"] == 3
+
+
+def test_a_results_path_that_is_a_file_is_refused_in_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    p = subprocess.run(
+        [sys.executable, "-m", "experiments.train", f"paths.results={afile}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert (
+        p.stderr.strip()
+        == f"error: paths.results={afile} is a file, not a folder: point it at a folder"
+    )
+    assert afile.read_text() == "x"
 
 
 @pytest.mark.slow
