@@ -10,8 +10,11 @@
   Wq,Wk,Wv,Wo.
 
 Cells are mean ± std over seeds (no std with one seed; n is given), with the trainable LoRA
-parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_tables.json``). Reads
-run directories only, through :mod:`lora_repro.runs`; never trains.
+parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_tables.json``). Only
+runs whose settings agree apart from their seeds are pooled: when the index holds runs of one
+cell with other settings (another ``group``, lr, α, batch size, ...), the cell gets one row per
+setting, with the settings that differ as columns. Reads run directories only, through
+:mod:`lora_repro.runs`; never trains.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import socket
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -35,17 +42,108 @@ TABLE6_RANKS = [1, 2, 4, 8, 64]
 TYPE_ORDER = "qkvo"
 
 
+# A run's setting is its resolved config apart from what names its table cell, its seeds, and the
+# keys that never change what a run computes (lora_repro.config.NON_IDENTITY, less `group`: runs
+# a user put in another group are another experiment). Runs of one cell are pooled as seeds only
+# when every other key agrees.
+NOT_SETTINGS = (
+    "task.name",
+    "model.name",
+    "adapter.targets",
+    "adapter.r",
+    "adapter.layers",  # runs on a subset of layers are left out of the tables
+    "adapter.budget",  # the rank it gives is adapter.r
+    "seed",
+    "seed_init",
+    "seed_data",
+    "paths",
+    "sweep",
+    "train.progress",
+    "train.eval_every",
+    "train.eval_batch_size",
+)
+# Settings that the index always has a column for: config key -> column.
+SETTING_COLUMNS = {
+    "group": "group",
+    "train.lr": "lr",
+    "train.max_steps": "max_steps",
+    "adapter.alpha": "alpha",
+    "adapter.init": "init",
+    "adapter.scaling": "scaling_rule",
+}
+
+
 def _targets_key(targets) -> str:
     return ",".join(t for t in TYPE_ORDER if t in targets)
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def _is_setting(key: str) -> bool:
+    return not any(key == n or key.startswith(n + ".") for n in NOT_SETTINGS)
+
+
+def _cell_value(v: Any) -> Any:
+    """A config value as an index cell: lists and mappings as JSON text."""
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, Mapping)) else v
+
+
+def _canon(v: Any) -> str:
+    """A config value as comparable text (8 and 8.0 are one value)."""
+
+    def num(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {k: num(y) for k, y in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [num(y) for y in x]
+        return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
+
+    return json.dumps(num(v), sort_keys=True)
+
+
+def _varying_settings(rows: list[dict], configs: list[dict[str, Any]]) -> list[str]:
+    """Add to ``rows`` (in place) the config keys whose values differ within a (task, model).
+
+    Keys of :data:`SETTING_COLUMNS` have their own columns and are skipped. Only keys that every
+    run of the (task, model) has are compared: a key added to the schema after a run was saved
+    is not held against it (its default reproduces what the code did then).
+
+    Returns:
+        The keys added, sorted.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault((row["task"], row["model"]), []).append(i)
+    added: set[str] = set()
+    for members in groups.values():
+        common = set.intersection(*(set(configs[i]) for i in members))
+        for key in sorted(common):
+            if key in SETTING_COLUMNS or not _is_setting(key):
+                continue
+            values = {_canon(configs[i][key]) for i in members}
+            if len(values) > 1:
+                added.add(key)
+                for i in members:
+                    rows[i][key] = _cell_value(configs[i][key])
+    return sorted(added)
 
 
 def build_index(results: str | Path) -> pd.DataFrame:
     """One row per finished run below ``results``.
 
     Columns: task, model, targets (``"q,v"``), r, alpha, seed, seed_init, seed_data, init, lr,
-    max_steps, group, every summary metric, and ``path`` (relative to ``results``).
+    max_steps, group, then one column per other config key (dotted, e.g. ``train.batch_size``)
+    whose value differs between runs of one (task, model) (none when they all agree), every
+    summary metric, and ``path`` (relative to ``results``).
     """
-    rows = []
+    rows, configs = [], []
     root = Path(results)
     for run_dir, cfg in runs.iter_finished(root):
         summary = runs.read_json(run_dir / runs.SUMMARY_FILE)
@@ -67,15 +165,22 @@ def build_index(results: str | Path) -> pd.DataFrame:
             "max_steps": int(t["max_steps"]),
             "group": cfg.get("group"),
         }
+        rows.append((row, summary, str(run_dir.relative_to(root))))
+        configs.append({k: v for k, v in _flatten(cfg) if _is_setting(k)})
+    heads = [row for row, _, _ in rows]
+    fixed = list(heads[0]) if heads else []
+    added = _varying_settings(heads, configs)
+    for row, summary, path in rows:
         for k, v in summary.items():
             if k not in row and not isinstance(v, (list, dict)):
                 row[k] = v
-        row["path"] = str(run_dir.relative_to(root))
-        rows.append(row)
+        row["path"] = path
     cols = ["task", "model", "targets", "r", "alpha", "seed", "path"]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(heads)
     if df.empty:
         return pd.DataFrame(columns=cols)
+    first = fixed + added
+    df = df[first + [c for c in df.columns if c not in first]]
     return df.sort_values(["task", "model", "targets", "r", "seed"]).reset_index(drop=True)
 
 
@@ -143,52 +248,112 @@ def _groups(index: pd.DataFrame):
     yield from base.groupby(["task", "model"], sort=True)
 
 
+def _norm(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def setting_columns(index: pd.DataFrame) -> list[str]:
+    """Index columns that tell settings apart: :data:`SETTING_COLUMNS` and the dotted config
+    columns, those whose values differ between runs of one (task, model) of the tables.
+
+    Empty when every (task, model) holds one setting (then each cell pools all its runs as seeds).
+    """
+    dotted = sorted(c for c in index.columns if "." in c)
+    candidates = [c for c in SETTING_COLUMNS.values() if c in index] + dotted
+    out = set()
+    for _, g in _groups(index):
+        for c in candidates:
+            if len({json.dumps(_norm(v), default=str) for v in g[c]}) > 1:
+                out.add(c)
+    return [c for c in candidates if c in out]
+
+
+def _settings(g: pd.DataFrame, cols: list[str]) -> list[tuple]:
+    """The distinct settings of ``g`` over ``cols``, the most frequent first (ties by value)."""
+    counts: dict[tuple, int] = {}
+    for key in _setting_keys(g, cols):
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(counts, key=lambda k: (-counts[k], [str(x) for x in k]))
+
+
+def _setting_keys(g: pd.DataFrame, cols: list[str]) -> list[tuple]:
+    return [tuple(_norm(v) for v in row) for row in g[cols].itertuples(index=False, name=None)]
+
+
+def _cell_rows(sel: pd.DataFrame, cols: list[str], order: list[tuple]) -> Iterator[dict]:
+    """One table row per setting among the runs ``sel`` of one cell (one "–" row when none).
+
+    Each row: the setting's values in ``cols``, then :func:`_cell_columns` of its runs.
+    """
+    if not cols:
+        yield _cell_columns(sel)
+        return
+    keys = _setting_keys(sel, cols)
+    present = [k for k in order if k in set(keys)]
+    if not present:
+        yield {**dict.fromkeys(cols), **_cell_columns(sel)}
+        return
+    for key in present:
+        mask = [k == key for k in keys]
+        yield {**dict(zip(cols, key, strict=True)), **_cell_columns(sel[mask])}
+
+
 def table5(index: pd.DataFrame, results: str | Path, budget: int | None = None) -> pd.DataFrame:
     """Table 5: one row per (task, model) and weight-type set at the budget rank.
 
-    Columns: task, model, targets, r, params, val_acc_mean, val_acc_std, n_seeds, cell,
-    paper_WikiSQL, paper_MultiNLI.
+    Columns: task, model, targets, r, the setting columns (:func:`setting_columns`; none when
+    the runs hold one setting), params, val_acc_mean, val_acc_std, n_seeds, cell, paper_r,
+    paper_WikiSQL, paper_MultiNLI. A cell with runs of several settings has one row per setting.
     """
     rows = []
+    cols = setting_columns(index)
     for (task, model), g in _groups(index):
         ranks = budget_ranks(results, model, budget)
         if ranks is None:
             continue
+        order = _settings(g, cols)
         for i, s in enumerate(TABLE5_SETS):
             sel = g[(g["targets"] == s) & (g["r"] == ranks[s])]
-            rows.append(
-                {
-                    "task": task,
-                    "model": model,
-                    "targets": s,
-                    "r": ranks[s],
-                    **_cell_columns(sel),
-                    "paper_r": PAPER["table5"]["r"][i],
-                    "paper_WikiSQL": PAPER["table5"]["WikiSQL"][i],
-                    "paper_MultiNLI": PAPER["table5"]["MultiNLI"][i],
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def table6(index: pd.DataFrame) -> pd.DataFrame:
-    """Table 6: one row per (task, model), weight-type set and rank r ∈ {1, 2, 4, 8, 64}."""
-    rows = []
-    for (task, model), g in _groups(index):
-        for s in TABLE6_SETS:
-            for j, r in enumerate(TABLE6_RANKS):
-                sel = g[(g["targets"] == s) & (g["r"] == r)]
+            for cell in _cell_rows(sel, cols, order):
                 rows.append(
                     {
                         "task": task,
                         "model": model,
                         "targets": s,
-                        "r": r,
-                        **_cell_columns(sel),
-                        "paper_WikiSQL": PAPER["table6"]["WikiSQL"][s][j],
-                        "paper_MultiNLI": PAPER["table6"]["MultiNLI"][s][j],
+                        "r": ranks[s],
+                        **cell,
+                        "paper_r": PAPER["table5"]["r"][i],
+                        "paper_WikiSQL": PAPER["table5"]["WikiSQL"][i],
+                        "paper_MultiNLI": PAPER["table5"]["MultiNLI"][i],
                     }
                 )
+    return pd.DataFrame(rows)
+
+
+def table6(index: pd.DataFrame) -> pd.DataFrame:
+    """Table 6: one row per (task, model), weight-type set and rank r ∈ {1, 2, 4, 8, 64}.
+
+    Columns as :func:`table5` (without paper_r); one row per setting where a cell has several.
+    """
+    rows = []
+    cols = setting_columns(index)
+    for (task, model), g in _groups(index):
+        order = _settings(g, cols)
+        for s in TABLE6_SETS:
+            for j, r in enumerate(TABLE6_RANKS):
+                sel = g[(g["targets"] == s) & (g["r"] == r)]
+                for cell in _cell_rows(sel, cols, order):
+                    rows.append(
+                        {
+                            "task": task,
+                            "model": model,
+                            "targets": s,
+                            "r": r,
+                            **cell,
+                            "paper_WikiSQL": PAPER["table6"]["WikiSQL"][s][j],
+                            "paper_MultiNLI": PAPER["table6"]["MultiNLI"][s][j],
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -215,8 +380,41 @@ def unfinished_runs(results: str | Path) -> list[tuple[Path, str | None]]:
     return out
 
 
+def describe_unfinished(run_dir: str | Path, status: str | None) -> str:
+    """One line on an unfinished run, e.g. ``not finished (running): <dir>``.
+
+    A ``running`` status that records the pid and host of its training process (lora_repro.train
+    writes both) is checked: on this host, a pid that is no longer alive means the process was
+    killed (kill -9, out of memory, a lost node) and the run will never finish by itself.
+    """
+    what = status or "no status"
+    if status == "running":
+        try:
+            info = runs.read_json(Path(run_dir) / runs.STATUS_FILE)
+        except (OSError, ValueError):
+            info = {}
+        pid, host = info.get("pid"), info.get("host")
+        if isinstance(pid, int) and host:
+            if host == socket.gethostname():
+                if not runs.pid_alive(pid):
+                    what = f"running, but its process {pid} is gone: rerun to redo it"
+            else:
+                what = f"running on host {host}, pid {pid}"
+    return f"not finished ({what}): {run_dir}"
+
+
 def collect(results: str | Path, budget: int | None = None) -> dict[str, pd.DataFrame]:
-    """Write the index and Tables 5 and 6 for every finished run below ``results``."""
+    """Write the index and Tables 5 and 6 for every finished run below ``results``.
+
+    Returns:
+        ``{"index": ..., "table5": ..., "table6": ...}`` (only the index when it is empty).
+
+    Raises:
+        FileNotFoundError: when ``results`` is not an existing folder (nothing is created).
+    """
+    problem = runs.results_read_problem(results)
+    if problem:
+        raise FileNotFoundError(problem)
     results = Path(results)
     index = build_index(results)
     write_index(index, results)
@@ -228,6 +426,12 @@ def collect(results: str | Path, budget: int | None = None) -> dict[str, pd.Data
         "Ours: validation accuracy (%) mean ± std over seeds (n = seeds). Paper: GPT-3 175B "
         "(arXiv 2106.09685 v2), for reference only — another model and other tasks."
     )
+    cols = setting_columns(index)
+    if cols:
+        note += (
+            " The runs differ in more than their seeds; runs are pooled only within one setting "
+            f"(one row per setting, columns {', '.join(cols)})."
+        )
     tables = results / "tables"
     if not t5.empty:
         write_table(
@@ -242,12 +446,21 @@ def collect(results: str | Path, budget: int | None = None) -> dict[str, pd.Data
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis.index``: write the index and Tables 5 and 6; list unfinished runs.
+
+    Returns:
+        0, or 2 (one line on stderr) when ``--results`` is not an existing folder.
+    """
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", help="results folder (paths.results)")
     p.add_argument(
         "--budget", type=int, default=None, help="Table 5 budget (default: r=8 on Wq alone)"
     )
     args = p.parse_args(argv)
+    problem = runs.results_read_problem(args.results)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     out = collect(args.results, args.budget)
     n = len(out["index"])
     print(f"collected {n} finished run(s) into {Path(args.results) / 'index.parquet'}")
@@ -259,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     bad = unfinished_runs(args.results)
     for run_dir, status in bad:
-        print(f"not finished ({status or 'no status'}): {run_dir}", file=sys.stderr)
+        print(describe_unfinished(run_dir, status), file=sys.stderr)
     return 0
 
 

@@ -198,6 +198,114 @@ def ranks_available(
     )
 
 
+PAPER_RANK_PAIR: tuple[int, int] = (8, 64)
+"""The ranks compared in paper Fig. 3 (and the rank of Fig. 4: the larger one)."""
+
+
+class MissingRuns(ValueError):
+    """Runs that an analysis needs are not among the finished ones.
+
+    Attributes:
+        specs: the missing runs (their :meth:`RunSpec.missing_message` names the sweep).
+    """
+
+    def __init__(self, message: str, specs: Sequence[RunSpec]) -> None:
+        super().__init__(message)
+        self.specs = list(specs)
+
+
+@dataclass(frozen=True)
+class RankPair:
+    """The two runs of one seed compared in Fig. 3 / 6.
+
+    Attributes:
+        small: the smaller rank's run.
+        large: the larger rank's run.
+        note: why these ranks when they are not the ones asked for (``None`` when they are).
+        missing: the runs of the paper's pair that are absent (for the missing-run list).
+    """
+
+    small: RunRecord
+    large: RunRecord
+    note: str | None = None
+    missing: tuple[RunSpec, ...] = ()
+
+
+def _nearest(have: Sequence[int], target: int) -> int:
+    # nearest on a log scale (ranks go 1, 2, 4, 8, 64); a tie goes to the larger rank
+    return min(have, key=lambda r: (abs(np.log2(r / target)), -r))
+
+
+def pick_rank_pair(
+    records: Sequence[RunRecord],
+    *,
+    task: str,
+    model: str,
+    targets: Sequence[str],
+    seed: int,
+    ranks: tuple[int, int] | None = None,
+) -> RankPair:
+    """The runs at two ranks (one seed) compared in Fig. 3 / 6 and the notebook.
+
+    Args:
+        records: finished runs (:func:`index_runs`).
+        task: task name.
+        model: model name.
+        targets: adapted weight types of the runs.
+        seed: the seed of both runs.
+        ranks: (small, large) asked for: exactly these are used. ``None``: the paper's
+            :data:`PAPER_RANK_PAIR` (r = 8 vs r = 64) when both were run; otherwise r = 64 or else
+            the largest rank found, against r = 8 or else the smaller rank nearest to 8, with a
+            note saying so.
+
+    Returns:
+        A :class:`RankPair` (when several runs match a rank, :func:`select_run` picks and warns).
+
+    Raises:
+        MissingRuns: when an asked rank has no finished run (the message names it and the sweep
+            that makes it, in one line), or when fewer than two ranks were run.
+    """
+    t = canonical_targets(targets)
+    have = ranks_available(records, task=task, model=model, targets=t, seed=seed)
+    found = ", ".join(map(str, have)) or "none"
+    where = f"[{','.join(t)}] ranks at seed {seed}: {found}"
+
+    def spec(r: int) -> RunSpec:
+        return RunSpec(task, model, t, int(r), int(seed))
+
+    def run(r: int) -> RunRecord:
+        rec = select_run(records, spec(r))
+        assert rec is not None  # r is in `have`
+        return rec
+
+    if ranks is not None:
+        small, large = (int(r) for r in ranks)
+        lacking = [spec(r) for r in dict.fromkeys((small, large)) if r not in have]
+        if lacking:
+            raise MissingRuns(
+                f"r={small} vs r={large} was asked for: "
+                + "; ".join(m.missing_message() for m in lacking)
+                + f" ({where})",
+                lacking,
+            )
+        return RankPair(run(small), run(large))
+    small, large = PAPER_RANK_PAIR
+    lacking = tuple(spec(r) for r in (small, large) if r not in have)
+    if not lacking:
+        return RankPair(run(small), run(large))
+    if len(have) < 2:
+        raise MissingRuns(
+            "needs runs at two ranks at one seed: "
+            + "; ".join(m.missing_message() for m in lacking)
+            + f" ({where})",
+            lacking,
+        )
+    hi = large if large in have else have[-1]
+    lo = small if small in have and small < hi else _nearest([r for r in have if r < hi], small)
+    note = f"r={small} vs r={large} (the paper's) not both found ({where}); using r={lo} vs r={hi}"
+    return RankPair(run(lo), run(hi), note, lacking)
+
+
 def task_models(records: Sequence[RunRecord]) -> list[tuple[str, str]]:
     """Sorted distinct (task, model) pairs among ``records``."""
     return sorted({(r.spec.task, r.spec.model) for r in records})
@@ -343,6 +451,11 @@ def spread_layers(n_layers: int) -> list[int]:
     return sorted(set(cand))
 
 
+def has_adapter(run: RunRecord) -> bool:
+    """Whether the run directory holds its adapter file (a fresh clone has only some)."""
+    return (Path(run.path) / runs_io.ADAPTER_FILE).exists()
+
+
 def check_layer(layer: int, n_layers: int) -> int:
     """``layer`` if it is a valid block index.
 
@@ -360,10 +473,25 @@ class BaseWeights:
     def __init__(self, results: str | os.PathLike, model: str) -> None:
         self.path = runs_io.base_weights_path(results, model)
         self._w: dict[str, np.ndarray] | None = None
+        self._infos: dict[str, runs_io.ModuleInfo] = {}
 
     def exists(self) -> bool:
         """Whether the file is there."""
         return self.path.exists()
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._w is None:
+            self._w, self._infos = runs_io.load_base_weights(self.path)
+        return self._w
+
+    def n_layers(self) -> int:
+        """Number of blocks, 1 + the deepest layer saved (every block's W is saved).
+
+        Raises:
+            FileNotFoundError: when the file is missing (with a hint).
+        """
+        self._load()
+        return 1 + max(info.layer for info in self._infos.values())
 
     def matrix(self, key: str) -> np.ndarray:
         """W (d, k) = (out, in) of adapter key ``key`` in float64.
@@ -372,8 +500,8 @@ class BaseWeights:
             FileNotFoundError: when the file is missing (with a hint).
             KeyError: when the file has no such key.
         """
-        if self._w is None:
-            self._w, _ = runs_io.load_base_weights(self.path)
+        self._load()
+        assert self._w is not None
         if key not in self._w:
             raise KeyError(
                 f"{self.path} has no weight {key!r}; it holds {len(self._w)} keys such as "

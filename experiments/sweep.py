@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         known = ["paper", *sorted(q.stem for q in (CONF / "sweep").glob("*.yaml"))]
         return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}")
     results = results_dir(args.overrides)
-    problem = runs.results_dir_problem(results)
+    problem = runs.results_write_problem(results)
     if problem:
         return _bad(problem)
     results.mkdir(parents=True, exist_ok=True)

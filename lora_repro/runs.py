@@ -224,6 +224,25 @@ def run_status(run_dir: str | os.PathLike) -> str | None:
         return None
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie (``pid`` > 0)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OverflowError:
+        return False
+    try:  # a killed child that its parent has not reaped yet is still listed, as a zombie
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
 def live_trainer(run_dir: str | os.PathLike) -> int | None:
     """The pid of the process training ``run_dir`` now, if it runs on this host and is alive.
 
@@ -241,16 +260,26 @@ def live_trainer(run_dir: str | os.PathLike) -> int | None:
         return None
     if status.get("host") != socket.gethostname() or pid == os.getpid():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, owned by another user
-        return pid
-    return pid
+    return pid if pid_alive(pid) else None
 
 
-def results_dir_problem(results: str | os.PathLike) -> str | None:
+def results_read_problem(results: str | os.PathLike) -> str | None:
+    """Why ``results`` cannot be read as a results folder (one line), or ``None`` when it can."""
+    path = Path(results)
+    if not path.exists():
+        return (
+            f"results folder {path} does not exist; run `make sweep` to make it (or point "
+            "RESULTS / --results at a results folder)"
+        )
+    if not path.is_dir():
+        return (
+            f"results path {path} is not a folder; point RESULTS / --results at a results folder "
+            "(the one `make sweep` writes)"
+        )
+    return None
+
+
+def results_write_problem(results: str | os.PathLike) -> str | None:
     """Why ``results`` cannot hold results (a file, or not writable), or ``None`` when it can.
 
     The folder need not exist yet: the nearest existing parent must then be writable.

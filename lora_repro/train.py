@@ -398,7 +398,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     """
     t_start = time.time()
     validate(cfg)
-    problem = runs.results_dir_problem(cfg.paths.results)
+    problem = runs.results_write_problem(cfg.paths.results)
     if problem:
         raise ConfigError(problem)
     if cfg.train.threads:

@@ -17,14 +17,16 @@
 # Reads finished runs from a results folder (never trains) and shows, for one layer and one
 # weight type:
 #
-# 1. φ(i, j) (paper Eq. 4) between two runs (by default the smallest and the largest rank of the
-#    `[q, v]` runs at seed 0, i.e. r = 8 vs r = 64) under every subspace view, and a random
-#    Gaussian baseline;
+# 1. φ(i, j) (paper Eq. 4) between two runs (by default the `[q, v]` runs at seed 0 with the
+#    paper's r = 8 and r = 64, as in Figure 3; the nearest ranks found, with a note, when those
+#    were not run) under every subspace view, and a random Gaussian baseline;
 # 2. the singular-value spectra of A, B and ΔW = (α/r)·B·A;
 # 3. the Table 7 numbers (‖UᵀWV‖F for ΔW's, W's and random directions, ‖ΔW‖F, amplification,
 #    ratio to random) for each run.
 #
-# Generate the `.ipynb` with `jupytext --to ipynb notebooks/layer_subspaces.py`.
+# Run it into a notebook with outputs: `.venv/bin/jupytext --to ipynb --execute
+# notebooks/layer_subspaces.py` (writes `notebooks/layer_subspaces.ipynb`; without `--execute` the
+# notebook has no outputs).
 
 # %%
 import sys
@@ -50,7 +52,8 @@ from analysis.figures import plots  # noqa: E402
 RESULTS = "results"  # results folder, relative to the repository root or absolute
 TASK = "rotten_tomatoes"
 MODEL = "minilm"
-RUN_DIRS = None  # two run directories to compare; None: [q,v] seed 0, smallest vs largest rank
+RANKS = None  # (small, large) [q,v] ranks at seed 0, used exactly; None: the paper's (8, 64)
+RUN_DIRS = None  # or two run directories to compare (overrides RANKS)
 LAYER = None  # block index; None: the middle one (n_layers // 2, the paper's 48 of 96)
 WEIGHT = "q"  # weight type: q, k, v or o
 N_RANDOM = 10  # random orthonormal pairs for Table 7's random level
@@ -60,17 +63,13 @@ SEED = 0  # seed of the random baselines
 results = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
 records = [r for r in ld.index_runs(results) if (r.spec.task, r.spec.model) == (TASK, MODEL)]
 if RUN_DIRS is None:
-    ranks = ld.ranks_available(records, task=TASK, model=MODEL, targets=("q", "v"), seed=0)
-    if len(ranks) < 2:
-        raise RuntimeError(
-            f"need [q,v] runs at two ranks (seed 0) under {results}; found ranks {ranks}. "
-            "Run the `subspace` sweep, or set RUN_DIRS."
-        )
-    pick = [
-        ld.select_run(records, ld.RunSpec(TASK, MODEL, ("q", "v"), r, 0))
-        for r in (ranks[0], ranks[-1])
-    ]
-    run_dirs = [p.path for p in pick]
+    # raises MissingRuns (naming the run and the sweep that makes it) when a rank is missing
+    pick = ld.pick_rank_pair(
+        records, task=TASK, model=MODEL, targets=("q", "v"), seed=0, ranks=RANKS
+    )
+    if pick.note:
+        print(f"note: {pick.note}")
+    run_dirs = [pick.small.path, pick.large.path]
 else:
     run_dirs = [Path(p) if Path(p).is_absolute() else ROOT / p for p in RUN_DIRS]
 

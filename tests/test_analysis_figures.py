@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from fixtures_analysis import N_LAYERS, make_results, write_run
 
 from analysis import subspace as sub
-from analysis.figures import Report
+from analysis.figures import Options, Report
 from analysis.figures.__main__ import main
 from analysis.layer_data import RunSpec
 from lora_repro import runs as runs_io
@@ -178,3 +179,128 @@ def test_where_filters_runs_and_rejects_bad_syntax(tmp_path, capsys):
     assert "adapter.init=kaiming_uniform" in capsys.readouterr().err
     assert main(["--results", str(tmp_path), "--where", "noequals"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_figures_read_only_the_adapters_of_the_runs_they_draw(tmp_path, capsys):
+    """A fresh clone: the runs not drawn (other targets) have summaries but no adapter files."""
+    results = make_results(tmp_path)
+    for targets, r in ((("k",), 8), (("q", "k", "v", "o"), 2)):  # sort before the q_v runs
+        run = write_run(results, targets=targets, r=r)
+        (run / runs_io.ADAPTER_FILE).unlink()
+        (run / runs_io.ADAPTER_INIT_FILE).unlink()
+    assert main(["--results", str(results), "--formats", "png", *SMALL]) == 0
+    s = json.loads((results / "figures" / "summary.json").read_text())
+    assert s["layer"] == N_LAYERS // 2 and s["n_layers"] == N_LAYERS
+    assert s["not_drawn"] == {} and set(s["table7"]) == {"4", "8", "32"}
+
+
+def test_a_drawn_run_without_its_adapter_is_left_out_of_table7_with_a_note(tmp_path, capsys):
+    results = make_results(tmp_path, seed1_ranks=())
+    (results / "runs/rotten_tomatoes/minilm/q_v-r4-a8/seed0" / runs_io.ADAPTER_FILE).unlink()
+    main(["--results", str(results), "--formats", "png", *SMALL])
+    out = capsys.readouterr().out
+    assert "r=4 left out" in out and "adapter.safetensors" in out
+    s = json.loads((results / "figures" / "summary.json").read_text())
+    assert set(s["table7"]) == {"8", "32"} and "table7" not in s["not_drawn"]
+
+
+def _phi_shape(csv: Path) -> tuple[int, int]:
+    df = pd.read_csv(csv)
+    return int(df.i.max()), int(df.j.max())
+
+
+def test_default_rank_pair_keeps_r8_when_r64_is_missing(tmp_path, capsys):
+    results = make_results(tmp_path, ranks=(1, 8, 32), seed1_ranks=(), with_base=False)
+    assert main(["--results", str(results), "--formats", "png"]) == 1
+    out = capsys.readouterr().out
+    assert "using r=8 vs r=32" in out and "r=1 vs" not in out
+    assert _phi_shape(results / "figures" / "figure3_A.csv") == (8, 32)
+    s = json.loads((results / "figures" / "summary.json").read_text())
+    assert s["phi11"]["ranks"]["pair"] == "r=8 seed0 vs r=32 seed0"
+
+
+def test_asked_ranks_are_used_exactly_or_named_missing(tmp_path, capsys):
+    results = make_results(
+        tmp_path, ranks=(1, 8, 64), seed1_ranks=(64,), d=64, k=64, with_base=False
+    )
+    figs = results / "figures"
+    assert main(["--results", str(results), "--formats", "png", "--ranks", "8,64"]) == 1
+    assert _phi_shape(figs / "figure3_A.csv") == (8, 64)  # partial only for the absent W
+    (figs / "figure3_A.csv").unlink()
+    capsys.readouterr()
+    # r=32 was not run: no figure 3 (no substitute pair), one line naming it; figure 4 at r=32
+    # cannot be drawn either
+    assert main(["--results", str(results), "--formats", "png", "--ranks", "8,32"]) == 2
+    out, err = capsys.readouterr()
+    line = next(x for x in err.splitlines() if x.startswith("  not drawn: figure3_A"))
+    assert "r=8 vs r=32 was asked for" in line and "[q,v] r=32 seed=0" in line
+    assert "no predefined sweep makes it" in line and "seed 0: 1, 8, 64" in line
+    assert "using r=" not in out and not (figs / "figure3_A.csv").exists()
+    # a missing paper rank is named with the sweep that makes it
+    assert main(["--results", str(results), "--formats", "png", "--ranks", "4,64"]) == 1
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("  not drawn: figure3_A"))
+    assert "[q,v] r=4 seed=0: made by the `subspace` or `table6` sweep" in line
+    assert not (figs / "figure3_A.csv").exists() and (figs / "figure4_A.csv").exists()
+
+
+def test_another_layer_writes_into_its_own_folders(built, tmp_path):
+    src, _ = built
+    results = tmp_path / "results"
+    shutil.copytree(src, results)
+    default = [
+        results / "figures" / "summary.json",
+        results / "figures" / "summary.md",
+        results / "figures" / "figure3_A.csv",
+        results / "tables" / "table7.md",
+        results / "tables" / "table7.csv",
+    ]
+    before = [p.read_bytes() for p in default]
+    assert main(["--results", str(results), "--formats", "png", "--layer", "0", *SMALL]) == 0
+    assert [p.read_bytes() for p in default] == before  # the middle layer's files are untouched
+    s = json.loads((results / "figures" / "layer0" / "summary.json").read_text())
+    assert s["layer"] == 0
+    f3 = pd.read_csv(results / "figures" / "layer0" / "figure3_A.csv")
+    assert set(f3.layer) == {0}
+    assert "layer 0 of 4" in (results / "tables" / "layer0" / "table7.md").read_text()
+    assert not (results / "figures" / "layer0" / "table7.md").exists()
+
+
+def test_output_folders_per_layer(tmp_path):
+    o = Options(results=tmp_path)
+    assert o.dirs(2, 4) == (tmp_path / "figures", tmp_path / "tables")  # middle: the defaults
+    assert o.dirs(0, 4) == (tmp_path / "figures" / "layer0", tmp_path / "tables" / "layer0")
+    mine = Options(results=tmp_path, out=tmp_path / "mine")
+    assert mine.dirs(0, 4) == (tmp_path / "mine", tmp_path / "tables" / "layer0")
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys, kind):
+    path = tmp_path / "does_not_exist"
+    if kind == "file":
+        path.write_text("x")
+    assert main(["--results", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and str(path) in err and "make sweep" in err
+    assert ("does not exist" if kind == "missing" else "not a folder") in err
+    assert path.exists() == (kind == "file") and sorted(tmp_path.iterdir()) == (
+        [path] if kind == "file" else []
+    )
+
+
+def test_figures_are_written_readable_by_others(tmp_path):
+    import os
+
+    from matplotlib.figure import Figure
+
+    from analysis.figures.plots import save_figure
+
+    old = os.umask(0o022)
+    try:
+        paths = save_figure(Figure(), tmp_path / "f")
+    finally:
+        os.umask(old)
+    assert [p.name for p in paths] == ["f.png", "f.pdf"]
+    assert [oct(p.stat().st_mode & 0o777) for p in paths] == ["0o644", "0o644"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"

@@ -112,3 +112,38 @@ def test_any_adapter_object_can_be_analysed():
     assert t["r"] == 4 and t["amplification"] > 0
     with pytest.raises(ValueError, match="A at initialisation"):
         ld.adapter_phi(a2, a4, "q", 0, view="dA")
+
+
+@pytest.mark.parametrize(
+    ("have", "pair", "noted"),
+    [
+        ((1, 2, 4, 8, 64), (8, 64), False),  # the committed results: Table 6 ranks too
+        ((4, 8, 32), (8, 32), True),
+        ((1, 2, 4, 64), (4, 64), True),
+        ((1, 64), (1, 64), True),
+        ((8, 16, 64, 128), (8, 64), False),
+    ],
+)
+def test_default_rank_pair_is_the_papers_or_the_nearest(have, pair, noted):
+    recs = [ld.record_from_config(f"r{r}", _cfg(r=r)) for r in have]
+    pick = ld.pick_rank_pair(
+        recs, task="rotten_tomatoes", model="minilm", targets=("q", "v"), seed=0
+    )
+    assert (pick.small.spec.r, pick.large.spec.r) == pair
+    assert (pick.note is not None) == noted
+    if noted:
+        assert f"using r={pair[0]} vs r={pair[1]}" in pick.note
+
+
+def test_asked_rank_pair_is_exact_and_a_missing_rank_names_its_sweep():
+    recs = [ld.record_from_config(f"r{r}", _cfg(r=r)) for r in (1, 8, 64)]
+    kw = dict(task="rotten_tomatoes", model="minilm", targets=("q", "v"), seed=0)
+    pick = ld.pick_rank_pair(recs, ranks=(1, 8), **kw)
+    assert (pick.small.spec.r, pick.large.spec.r) == (1, 8) and pick.note is None
+    with pytest.raises(ld.MissingRuns, match=r"r=8 vs r=32 was asked for: missing run .*r=32") as e:
+        ld.pick_rank_pair(recs, ranks=(8, 32), **kw)
+    assert [s.r for s in e.value.specs] == [32] and "\n" not in str(e.value)
+    with pytest.raises(ld.MissingRuns, match="`subspace` or `table6` sweep"):
+        ld.pick_rank_pair(recs, ranks=(4, 64), **kw)
+    with pytest.raises(ld.MissingRuns, match="two ranks"):
+        ld.pick_rank_pair(recs[:1], **kw)

@@ -34,7 +34,8 @@ def test_notebook_runs_on_fixture_results(tmp_path, monkeypatch):
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    results = make_results(tmp_path / "results", ranks=(8, 32), seed1_ranks=())
+    # r = 1 is there too (Table 6 runs): the default must still be the paper's r = 8 vs r = 64
+    results = make_results(tmp_path / "results", ranks=(1, 8, 64), seed1_ranks=(), d=64, k=64)
     monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec(tmp_path / "jupyter")))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -61,6 +62,7 @@ def test_notebook_runs_on_fixture_results(tmp_path, monkeypatch):
         for o in c.get("outputs", [])
     )
     assert "Layer 1 of 4" in text
+    assert "r=8 (q_v-r8-a8/seed0) vs r=64 (q_v-r64-a8/seed0)" in text
     assert "φ(1, 1)" in text and "random" in text
     assert "amplification" in text and "ratio_to_random" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.index import collect, table5, table6
+from analysis.index import collect, main, table5, table6
 from lora_repro import runs
 
 D = 16  # square W: every type costs 2*D parameters per unit of rank and layer
 LAYERS = 2
 
 
-def _run(results: Path, targets: list[str], r: int, seed: int, acc: float) -> None:
-    d = results / "runs" / "toy" / "tiny" / f"{'_'.join(targets)}-r{r}-a8" / f"seed{seed}"
+def _run(
+    results: Path,
+    targets: list[str],
+    r: int,
+    seed: int,
+    acc: float,
+    *,
+    group: str = "runs",
+    lr: float = 2e-3,
+    batch_size: int = 8,
+    sweep: str = "table6",
+) -> Path:
+    d = results / group / "toy" / "tiny" / f"{'_'.join(targets)}-r{r}-a8" / f"seed{seed}"
     cfg = {
         "model": {"name": "tiny"},
         "task": {"name": "toy"},
         "seed": seed,
-        "group": "runs",
+        "group": group,
+        "sweep": sweep,  # not a setting: the grid that launched the run
         "adapter": {
             "targets": targets,
             "r": r,
@@ -29,7 +46,8 @@ def _run(results: Path, targets: list[str], r: int, seed: int, acc: float) -> No
             "init": "gaussian",
             "scaling": "standard",
         },
-        "train": {"lr": 2e-3, "max_steps": 3},
+        "train": {"lr": lr, "max_steps": 3, "batch_size": batch_size, "eval_every": 3},
+        "paths": {"results": str(results)},
     }
     runs.atomic_write_yaml(d / "config.yaml", cfg)
     runs.atomic_write_json(d / "meta.json", {"seeds": {"seed": seed}})
@@ -38,6 +56,7 @@ def _run(results: Path, targets: list[str], r: int, seed: int, acc: float) -> No
         {"val_accuracy": acc, "n_lora_params": r * len(targets) * LAYERS * 2 * D},
     )
     runs.atomic_write_json(d / "status.json", {"status": "success"})
+    return d
 
 
 @pytest.fixture
@@ -51,7 +70,7 @@ def results(tmp_path: Path) -> Path:
             W[key] = np.eye(D, dtype=np.float32)
     runs.save_base_weights(runs.base_weights_path(res, "tiny"), W, infos, "tiny")
     _run(res, ["q"], 8, 0, 0.70)
-    _run(res, ["q"], 8, 1, 0.74)
+    _run(res, ["q"], 8, 1, 0.74, sweep="seeds")  # another grid, same setting: a second seed
     _run(res, ["q", "v"], 4, 0, 0.80)
     _run(res, ["q", "k", "v", "o"], 2, 0, 0.81)
     _run(res, ["q", "v"], 64, 0, 0.79)
@@ -86,6 +105,71 @@ def test_index_and_tables(results):
     md = (results / "tables" / "table5.md").read_text()
     assert "72.0 ± 2.8 (n=2)" in md
     assert "72.0 $\\pm$ 2.8 (n=2)" in (results / "tables" / "table5.tex").read_text()
+
+
+T6_COLUMNS = ["task", "model", "targets", "r", "params", "val_acc_mean", "val_acc_std", "n_seeds"]
+
+
+def test_one_setting_keeps_the_plain_layout(results):
+    out = collect(results)
+    t6 = out["table6"]
+    assert list(t6.columns[:8]) == T6_COLUMNS and "group" not in t6 and "lr" not in t6
+    assert len(t6) == 15  # one row per (targets, r)
+    assert "setting" not in (results / "tables" / "table6.md").read_text()
+
+
+def test_runs_with_other_settings_are_not_pooled_as_seeds(results):
+    # the conflict message's advice: the same cell again in group=alt, at another lr
+    _run(results, ["q", "v"], 64, 0, 0.61, group="alt", lr=1e-2)
+    _run(results, ["q", "v"], 64, 1, 0.65, group="alt", lr=1e-2)
+    out = collect(results)
+    t6 = out["table6"]
+    assert list(t6.columns[:6]) == ["task", "model", "targets", "r", "group", "lr"]
+    cell = t6[(t6.targets == "q,v") & (t6.r == 64)].set_index("group")
+    assert len(cell) == 2
+    assert cell.loc["runs", "val_acc_mean"] == pytest.approx(79.0)
+    assert cell.loc["runs", "n_seeds"] == 1 and cell.loc["runs", "lr"] == 2e-3
+    assert cell.loc["alt", "val_acc_mean"] == pytest.approx(63.0)
+    assert cell.loc["alt", "n_seeds"] == 2 and cell.loc["alt", "lr"] == 1e-2
+    # a cell that only one setting filled keeps one row, with that setting shown
+    q8 = t6[(t6.targets == "q") & (t6.r == 8)]
+    assert len(q8) == 1 and q8.group.item() == "runs" and q8.cell.item() == "72.0 ± 2.8 (n=2)"
+    empty = t6[(t6.targets == "q") & (t6.r == 1)]
+    assert len(empty) == 1 and empty.cell.item() == "–" and pd.isna(empty.group.item())
+    assert len(t6) == 16
+    md = (results / "tables" / "table6.md").read_text()
+    assert "| q,v       | 64  | alt" in md and "63.0 ± 2.8 (n=2)" in md
+    t5 = out["table5"]
+    assert t5[t5.targets == "q,v"].cell.tolist() == ["80.0 (n=1)"]  # r = 4: only one setting
+
+
+def test_a_setting_outside_the_index_columns_also_splits_a_cell(results):
+    _run(results, ["q", "v"], 4, 1, 0.70, batch_size=64)
+    out = collect(results)
+    index = pd.read_csv(results / "index.csv")
+    assert "train.batch_size" in index.columns  # a setting that varies gets its own column
+    t5 = out["table5"]
+    cell = t5[t5.targets == "q,v"].set_index("train.batch_size")
+    assert cell.loc[8, "cell"] == "80.0 (n=1)" and cell.loc[64, "cell"] == "70.0 (n=1)"
+    assert "group" not in t5  # it does not vary
+
+
+def test_default_tables_of_the_committed_results_are_unchanged(tmp_path):
+    """Tables 5 and 6 rebuilt from the committed run summaries equal the committed files."""
+    committed = Path(__file__).resolve().parents[1] / "results"
+    if not (committed / "tables" / "table6.md").exists():
+        pytest.skip("no committed results in this checkout")
+    res = tmp_path / "results"
+    shutil.copytree(
+        committed / "runs", res / "runs", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    shutil.copytree(committed / "base_weights", res / "base_weights")
+    collect(res)
+    for name in ("table5", "table6"):
+        for ext in ("md", "csv", "tex"):
+            got = (res / "tables" / f"{name}.{ext}").read_bytes()
+            assert got == (committed / "tables" / f"{name}.{ext}").read_bytes(), f"{name}.{ext}"
+    assert (res / "index.csv").read_bytes() == (committed / "index.csv").read_bytes()
 
 
 def test_table5_with_an_explicit_budget(results):
@@ -126,3 +210,40 @@ def test_latex_escape_turns_plus_minus_into_math():
 
     assert latex_escape("72.0 ± 2.8 (n=2)") == r"72.0 $\pm$ 2.8 (n=2)"
     assert latex_escape(r"a\b_c") == r"a\textbackslash{}b\_c"
+
+
+def _status(run_dir: Path, **status) -> None:
+    runs.atomic_write_json(run_dir / "status.json", status)
+
+
+def test_a_killed_run_is_told_apart_from_a_running_one(results, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.kill()
+    dead.wait()  # reaped: the pid is gone, as after kill -9 of a training process
+    here = socket.gethostname()
+    base = results / "runs" / "toy" / "tiny"
+    _status(base / "k-r8-a8" / "seed0", status="running", pid=dead.pid, host=here, started=0.0)
+    alive = _run(results, ["v"], 8, 0, 0.5)
+    _status(alive, status="running", pid=os.getpid(), host=here, started=0.0)
+    elsewhere = _run(results, ["o"], 8, 0, 0.5)
+    _status(elsewhere, status="running", pid=dead.pid, host=here + "-other", started=0.0)
+    assert main(["--results", str(results)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    line = next(x for x in err if "k-r8-a8" in x)
+    assert f"its process {dead.pid} is gone" in line and "rerun" in line
+    assert next(x for x in err if "v-r8-a8" in x).startswith("not finished (running):")
+    other = next(x for x in err if "o-r8-a8" in x)
+    assert "gone" not in other and f"{here}-other" in other
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys, kind):
+    path = tmp_path / "does_not_exist"
+    if kind == "file":
+        path.write_text("x")
+    assert main(["--results", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert str(path) in err and "make sweep" in err
+    assert ("does not exist" if kind == "missing" else "not a folder") in err
+    assert path.exists() == (kind == "file") and not (tmp_path / "index.csv").exists()

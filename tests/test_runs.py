@@ -295,20 +295,20 @@ def test_live_trainer_names_only_a_live_process_on_this_host(tmp_path):
     assert runs.live_trainer(tmp_path / "missing") is None
 
 
-def test_results_dir_problem_names_files_in_the_way(tmp_path):
+def test_results_write_problem_names_files_in_the_way(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    assert runs.results_dir_problem(tmp_path / "new" / "deeper") is None
-    assert runs.results_dir_problem(tmp_path) is None
+    assert runs.results_write_problem(tmp_path / "new" / "deeper") is None
+    assert runs.results_write_problem(tmp_path) is None
     assert (
-        runs.results_dir_problem(afile)
+        runs.results_write_problem(afile)
         == f"paths.results={afile} is a file, not a folder: point it at a folder"
     )
-    assert "lies below" in runs.results_dir_problem(afile / "sub")
+    assert "lies below" in runs.results_write_problem(afile / "sub")
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
-        assert "is not writable by this user" in runs.results_dir_problem(ro / "res")
+        assert "is not writable by this user" in runs.results_write_problem(ro / "res")
 
 
 def test_result_files_are_readable_by_others_under_umask_022(tmp_path):

@@ -34,18 +34,38 @@ def parser() -> argparse.ArgumentParser:
         description="Rebuild LoRA §7 figures (3, 4, 6, 7, 8) and Table 7 from saved runs.",
     )
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
-    p.add_argument("--out", type=Path, default=None, help="figures folder [<results>/figures]")
-    p.add_argument("--tables", type=Path, default=None, help="tables folder [<results>/tables]")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="figures folder [<results>/figures; <results>/figures/layer<L> for another layer]",
+    )
+    p.add_argument(
+        "--tables",
+        type=Path,
+        default=None,
+        help="tables folder [<results>/tables; <results>/tables/layer<L> for another layer]",
+    )
     p.add_argument("--task", default="rotten_tomatoes", help="task name in the run configs")
     p.add_argument("--model", default="minilm", help="model name in the run configs")
-    p.add_argument("--layer", type=int, default=None, help="block index [n_layers // 2]")
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="block index [n_layers // 2]; another layer writes into layer<L>/ subfolders",
+    )
     p.add_argument(
         "--view",
         action="append",
         choices=[*VIEWS, "all"],
         help="subspace view(s) to draw, repeatable [A]; the summary always has every view",
     )
-    p.add_argument("--ranks", type=_ints, default=(8, 64), help="small,large ranks [8,64]")
+    p.add_argument(
+        "--ranks",
+        type=_ints,
+        default=None,
+        help="small,large ranks of Fig. 3, used exactly [the paper's 8,64, else the nearest run]",
+    )
     p.add_argument("--seeds", type=_ints, default=(0, 1), help="two seeds for Fig. 4 [0,1]")
     p.add_argument("--targets", default="q,v", help="adapted weight types of the runs [q,v]")
     p.add_argument("--weight", default="q", help="weight type of Table 7 / Fig. 8 [q]")
@@ -73,7 +93,7 @@ def print_report(report: Report, opts: Options) -> None:
     if s:
         print(
             f"analysis.figures: {opts.task}/{opts.model}, layer {s['layer']} of {s['n_layers']}, "
-            f"views {', '.join(opts.views)} -> {opts.out}"
+            f"views {', '.join(opts.views)} -> {report.out}"
         )
         for key in ("ranks", "seeds"):
             block = s.get("phi11", {}).get(key)

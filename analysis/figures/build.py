@@ -1,10 +1,14 @@
 """Rebuild every Section 7 figure and Table 7 from saved runs (never trains).
 
 Artifacts (``<results>/figures/`` unless told otherwise; each figure as PNG + PDF + CSV of the
-plotted numbers, long format ``figure, view, layer, panel, i, j, phi``):
+plotted numbers, long format ``figure, view, layer, panel, i, j, phi``). A layer other than the
+default middle one writes into ``<results>/figures/layer<L>/`` and ``<results>/tables/layer<L>/``
+instead, so the default files always describe the middle layer:
 
 - ``figure3_<view>``: φ between r = 8 and r = 64 (seed 0) for ΔWq and ΔWv at one layer: full
   grid (i ≤ 8, j ≤ 64) and the zoom i, j ≤ 8 (paper Fig. 3).
+
+Only the adapters of the runs drawn are read (a fresh clone has only the Wq,Wv ones).
 - ``figure4_<view>``: φ between seeds 0 and 1 at r = 64, ΔWq, ΔWv, plus two random Gaussian
   matrices (paper Fig. 4).
 - ``figure6_<view>`` / ``figure7_<view>``: Fig. 3 / Fig. 4 at the first, quarter, middle,
@@ -37,6 +41,7 @@ from analysis import subspace as sub
 from analysis import tables
 from analysis.figures.plots import Panel, heatmap_figure, save_figure
 from analysis.layer_data import LayerFactors, RunRecord, RunSpec, phi_between
+from lora_repro import runs as runs_io
 from lora_repro.runs import atomic_write_json, atomic_write_text
 
 ARTIFACTS = ("figure3", "figure4", "figure6", "figure7", "figure8", "table7")
@@ -48,14 +53,18 @@ class Options:
 
     Attributes:
         results: results folder (holds ``runs/`` and ``base_weights/``).
-        out: figures folder; default ``<results>/figures``.
-        tables_dir: tables folder; default ``<results>/tables``.
+        out: figures folder; default ``<results>/figures``, or ``<results>/figures/layer<L>``
+            for a layer other than the middle one.
+        tables_dir: tables folder; default ``<results>/tables`` (``.../tables/layer<L>`` for
+            a layer other than the middle one).
         task: task name as in the runs' configs.
         model: model name as in the runs' configs.
         layer: block for Fig. 3 / 4 / 8 and Table 7; default the middle one (n_layers // 2).
         views: subspace views to draw (:data:`analysis.subspace.VIEWS`); the summary has all.
-        ranks: (small, large) ranks compared in Fig. 3 / 6 (paper 8, 64); the large one is the
-            rank of Fig. 4 / 7. When absent, the smallest / largest ranks found are used.
+        ranks: (small, large) ranks compared in Fig. 3 / 6; the large one is the rank of
+            Fig. 4 / 7. Exactly these are used (a missing one is reported, not replaced).
+            ``None``: the paper's 8 and 64, or the nearest ranks found when those were not run
+            (:func:`analysis.layer_data.pick_rank_pair`; a note says so).
         seeds: the two seeds compared in Fig. 4 / 7.
         targets: adapted weight types of the runs to use (paper: q, v).
         weight: weight type of Table 7 and Fig. 8 (paper: q).
@@ -75,7 +84,7 @@ class Options:
     model: str = "minilm"
     layer: int | None = None
     views: tuple[str, ...] = ("A",)
-    ranks: tuple[int, int] = (8, 64)
+    ranks: tuple[int, int] | None = None
     seeds: tuple[int, int] = (0, 1)
     targets: tuple[str, ...] = ("q", "v")
     weight: str = "q"
@@ -88,18 +97,36 @@ class Options:
 
     def __post_init__(self) -> None:
         self.results = Path(self.results)
-        self.out = Path(self.out) if self.out else self.results / "figures"
-        self.tables_dir = Path(self.tables_dir) if self.tables_dir else self.results / "tables"
+        self.out = Path(self.out) if self.out else None
+        self.tables_dir = Path(self.tables_dir) if self.tables_dir else None
         for v in self.views:
             if v not in sub.VIEWS:
                 raise ValueError(f"unknown view {v!r}; expected one of {', '.join(sub.VIEWS)}")
         self.targets = ld.canonical_targets(self.targets)
         if self.weight not in self.targets:
             raise ValueError(f"weight {self.weight!r} is not among targets {list(self.targets)}")
-        if len(self.ranks) != 2 or len(self.seeds) != 2:
+        if (self.ranks is not None and len(self.ranks) != 2) or len(self.seeds) != 2:
             raise ValueError(
                 f"ranks and seeds take two values each, got {self.ranks}, {self.seeds}"
             )
+        if self.ranks is not None:
+            self.ranks = (int(self.ranks[0]), int(self.ranks[1]))
+
+    @property
+    def large_rank(self) -> int:
+        """The rank of Fig. 4 / 7: the larger of ``ranks`` (the paper's 64 by default)."""
+        return (self.ranks or ld.PAPER_RANK_PAIR)[1]
+
+    def dirs(self, layer: int, n_layers: int) -> tuple[Path, Path]:
+        """(figures folder, tables folder) for a build at ``layer`` of ``n_layers``.
+
+        The defaults for the middle layer are ``<results>/figures`` and ``<results>/tables``;
+        for any other layer ``.../layer<L>`` below them. A folder given explicitly is kept.
+        """
+        sub_dir = "" if layer == ld.default_layer(n_layers) else f"layer{layer}"
+        out = self.out or self.results / "figures" / sub_dir
+        tables_dir = self.tables_dir or self.results / "tables" / sub_dir
+        return Path(out), Path(tables_dir)
 
 
 @dataclass
@@ -113,6 +140,8 @@ class Report:
         notes: substitutions and other remarks.
         written: every file written.
         summary: the content of ``summary.json``.
+        out: the figures folder written to (``None`` before the layer is known).
+        tables_dir: the tables folder written to.
     """
 
     drawn: list[str] = field(default_factory=list)
@@ -121,6 +150,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+    tables_dir: Path | None = None
 
     def need(self, spec: RunSpec) -> None:
         """Record a missing run once."""
@@ -153,20 +184,26 @@ class _Ctx:
         self.cache = ld.AdapterCache()
         self.base = ld.BaseWeights(opts.results, opts.model)
         self._n_layers: int | None = None
+        self.out = opts.out or opts.results / "figures"
+        self.tables_dir = opts.tables_dir or opts.results / "tables"
 
     def spec(self, r: int, seed: int) -> RunSpec:
         o = self.opts
         return RunSpec(o.task, o.model, o.targets, int(r), int(seed))
 
-    def run(self, r: int, seed: int) -> RunRecord | None:
+    def noting(self, fn, *args):
+        """``fn(*args)`` with its warnings (several runs match) turned into report notes."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            rec = ld.select_run(self.records, self.spec(r, seed))
+            out = fn(*args)
         for w in caught:
             note = str(w.message)
             if note not in self.report.notes:
                 self.report.notes.append(note)
-        return rec
+        return out
+
+    def run(self, r: int, seed: int) -> RunRecord | None:
+        return self.noting(ld.select_run, self.records, self.spec(r, seed))
 
     def ranks(self, seed: int) -> list[int]:
         o = self.opts
@@ -177,10 +214,34 @@ class _Ctx:
     def factors(self, rec: RunRecord, weight: str, layer: int) -> LayerFactors:
         return ld.layer_factors(self.cache.get(rec), weight, layer)
 
+    def find_n_layers(self, needed: Sequence[RunRecord]) -> int:
+        """Block count from the first run drawn that has its adapter, else from the base weights.
+
+        Raises:
+            FileNotFoundError: when no run in ``needed`` has an adapter and W was not saved.
+        """
+        for rec in needed:
+            if ld.has_adapter(rec):
+                self._n_layers = ld.n_layers_of(self.cache.get(rec))
+                return self._n_layers
+        if self.base.exists():
+            self._n_layers = self.base.n_layers()
+            return self._n_layers
+        if not needed:
+            raise FileNotFoundError(
+                f"no [{','.join(self.opts.targets)}] run at seed {self.opts.seeds[0]} and no "
+                f"pretrained weights at {self.base.path}: nothing to draw"
+            )
+        raise FileNotFoundError(
+            f"none of the runs the figures need has its adapter file ({runs_io.ADAPTER_FILE}), "
+            f"e.g. {needed[0].path}, and there are no pretrained weights at {self.base.path}; "
+            "rerun those runs (make sweep) or point --results at a folder that has them"
+        )
+
     @property
     def n_layers(self) -> int:
         if self._n_layers is None:
-            self._n_layers = ld.n_layers_of(self.cache.get(self.records[0]))
+            raise RuntimeError("find_n_layers() first")
         return self._n_layers
 
     @property
@@ -192,56 +253,79 @@ class _Ctx:
 
 
 # --------------------------------------------------------------------------------------------
-# Pair selection (with the paper's ranks as defaults and graceful fallbacks)
+# Pair selection (the paper's ranks by default with graceful fallbacks; asked ranks exactly)
 # --------------------------------------------------------------------------------------------
-def _rank_pair(ctx: _Ctx) -> tuple[RunRecord, RunRecord] | None:
-    """Seed-s0 runs at the small and large rank of Fig. 3 (fallback: smallest, largest found)."""
-    o, s0 = ctx.opts, ctx.opts.seeds[0]
-    small, large = o.ranks
-    a, b = ctx.run(small, s0), ctx.run(large, s0)
-    for r, rec in ((small, a), (large, b)):
-        if rec is None:
-            ctx.report.need(ctx.spec(r, s0))
-    if a is not None and b is not None:
-        return a, b
-    have = ctx.ranks(s0)
-    if len(have) >= 2:
-        lo, hi = have[0], have[-1]
-        ctx.report.notes.append(
-            f"figure 3/6: r={small} vs r={large} not both found; using r={lo} vs r={hi}"
+def _rank_pair(ctx: _Ctx) -> tuple[tuple[RunRecord, RunRecord] | None, str]:
+    """Seed-s0 runs at the small and large rank of Fig. 3, or ``None`` and why not."""
+    o = ctx.opts
+    try:
+        pick = ctx.noting(
+            lambda: ld.pick_rank_pair(
+                ctx.records,
+                task=o.task,
+                model=o.model,
+                targets=o.targets,
+                seed=o.seeds[0],
+                ranks=o.ranks,
+            )
         )
-        return ctx.run(lo, s0), ctx.run(hi, s0)
-    return None
+    except ld.MissingRuns as e:
+        for spec in e.specs:
+            ctx.report.need(spec)
+        return None, str(e)
+    for spec in pick.missing:
+        ctx.report.need(spec)
+    if pick.note:
+        ctx.report.notes.append(f"figure 3/6: {pick.note}")
+    return (pick.small, pick.large), ""
 
 
-def _seed_pair(ctx: _Ctx) -> tuple[RunRecord, RunRecord] | None:
-    """Runs at the large rank with the two seeds of Fig. 4 (fallback: largest rank with both)."""
+def _seed_pair(ctx: _Ctx) -> tuple[tuple[RunRecord, RunRecord] | None, str]:
+    """Runs at the large rank with the two seeds of Fig. 4, or ``None`` and why not.
+
+    With ``--ranks`` given, that large rank exactly; by default the paper's r = 64, else the
+    largest rank run with both seeds (noted).
+    """
     o = ctx.opts
     s0, s1 = o.seeds
-    r = o.ranks[1]
+    r = o.large_rank
     a, b = ctx.run(r, s0), ctx.run(r, s1)
-    for s, rec in ((s0, a), (s1, b)):
-        if rec is None:
-            ctx.report.need(ctx.spec(r, s))
+    lacking = [ctx.spec(r, s) for s, rec in ((s0, a), (s1, b)) if rec is None]
+    for spec in lacking:
+        ctx.report.need(spec)
     if a is not None and b is not None:
-        return a, b
+        return (a, b), ""
+    why = f"needs seeds {s0} and {s1} at r={r}: " + "; ".join(m.missing_message() for m in lacking)
+    if o.ranks is not None:
+        return None, why
     both = sorted(set(ctx.ranks(s0)) & set(ctx.ranks(s1)))
     if both:
         ctx.report.notes.append(
             f"figure 4/7: r={r} seeds {s0},{s1} not both found; using r={both[-1]}"
         )
-        return ctx.run(both[-1], s0), ctx.run(both[-1], s1)
-    return None
+        return (ctx.run(both[-1], s0), ctx.run(both[-1], s1)), ""
+    return None, why
 
 
 def _ranked_runs(ctx: _Ctx, wanted: Sequence[int]) -> dict[int, RunRecord]:
-    """Seed-s0 runs at every rank found; paper ranks in ``wanted`` that are absent are noted."""
+    """Seed-s0 runs at every rank found that have their adapter; absent paper ranks are noted."""
     s0 = ctx.opts.seeds[0]
     have = ctx.ranks(s0)
     for r in wanted:
         if r not in have:
             ctx.report.need(ctx.spec(r, s0))
-    return {r: ctx.run(r, s0) for r in have}
+    out = {}
+    for r in have:
+        rec = ctx.run(r, s0)
+        if rec is None:
+            continue
+        if ld.has_adapter(rec):
+            out[r] = rec
+        else:
+            ctx.report.notes.append(
+                f"figure 8 / table 7: r={r} left out: {rec.path} has no {runs_io.ADAPTER_FILE}"
+            )
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,9 +353,8 @@ def _long(figure: str, view: str, layer: int | str, panel: str, grid: np.ndarray
 
 
 def _write_figure(ctx: _Ctx, fig, stem: str, frames: list[pd.DataFrame]) -> None:
-    o = ctx.opts
-    ctx.report.written += save_figure(fig, o.out / stem, o.formats)
-    csv = o.out / f"{stem}.csv"
+    ctx.report.written += save_figure(fig, ctx.out / stem, ctx.opts.formats)
+    csv = ctx.out / f"{stem}.csv"
     atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
     ctx.report.written.append(csv)
     ctx.report.drawn.append(stem)
@@ -378,7 +461,7 @@ def table7(ctx: _Ctx, runs: dict[int, RunRecord]) -> dict[int, dict[str, float]]
         "random orthonormal pairs. Paper: GPT-3 175B layer 48 of 96 "
         "(arXiv 2106.09685 v2, Table 7)."
     )
-    ctx.report.written += tables.write_table7(df, o.tables_dir, caption)
+    ctx.report.written += tables.write_table7(df, ctx.tables_dir, caption)
     ctx.report.drawn.append("table7")
     return stats
 
@@ -475,8 +558,12 @@ def build_all(opts: Options) -> Report:
         A :class:`Report`; ``report.exit_code()`` is the CLI's exit status.
 
     Raises:
-        ValueError: for a layer out of range.
+        ValueError: for a layer out of range, or when ``opts.results`` is not an existing folder
+            (one line saying so; nothing is created).
     """
+    problem = runs_io.results_read_problem(opts.results)
+    if problem:
+        raise ValueError(problem)
     report = Report()
     ctx = _Ctx(opts, report)
     if not ctx.records:
@@ -487,16 +574,33 @@ def build_all(opts: Options) -> Report:
             f"no finished runs for task={opts.task} model={opts.model}{where} under "
             f"{opts.results} (finished runs there: {have})"
         )
+        small, large = opts.ranks or ld.PAPER_RANK_PAIR
         for spec in (
-            ctx.spec(opts.ranks[0], opts.seeds[0]),
-            ctx.spec(opts.ranks[1], opts.seeds[0]),
-            ctx.spec(opts.ranks[1], opts.seeds[1]),
+            ctx.spec(small, opts.seeds[0]),
+            ctx.spec(large, opts.seeds[0]),
+            ctx.spec(large, opts.seeds[1]),
             *(ctx.spec(r, opts.seeds[0]) for r in opts.table_ranks),
         ):
             report.need(spec)
         return report
 
+    # Which runs are drawn is decided from the configs alone; only their adapters are read.
+    rank_pair, seed_pair = _rank_pair(ctx), _seed_pair(ctx)
+    ranked = _ranked_runs(ctx, sorted(set(opts.table_ranks) | set(opts.fig8_ranks)))
+    needed = [*(rank_pair[0] or ()), *(seed_pair[0] or ()), *ranked.values()]
+    try:
+        ctx.find_n_layers(needed)
+    except FileNotFoundError as e:
+        report.not_drawn["all"] = str(e)
+        return report
     layer = ctx.layer
+    ctx.out, ctx.tables_dir = opts.dirs(layer, ctx.n_layers)
+    report.out, report.tables_dir = ctx.out, ctx.tables_dir
+    if layer != ld.default_layer(ctx.n_layers):
+        report.notes.append(
+            f"layer {layer} is not the default middle layer: written to {ctx.out} and "
+            f"{ctx.tables_dir}"
+        )
     layers = [x for x in ld.spread_layers(ctx.n_layers)]
     summary: dict[str, Any] = {
         "task": opts.task,
@@ -521,16 +625,13 @@ def build_all(opts: Options) -> Report:
             return None
 
     # Fig. 3 / 6 compare two ranks at seed 0; Fig. 4 / 7 two seeds at one rank: same steps.
-    for kind, pair, fig, fig_layers, why, summary_name in (
-        ("ranks", _rank_pair(ctx), figure3, ("figure3", "figure6"), "needs two ranks at seed 0",
-         "summary φ(1,1) ranks"),
-        ("seeds", _seed_pair(ctx), figure4, ("figure4", "figure7"), "needs two seeds at one rank",
-         "summary φ(1,1) seeds"),
-    ):  # fmt: skip
+    for kind, (pair, why), fig, fig_layers, summary_name in (
+        ("ranks", rank_pair, figure3, ("figure3", "figure6"), "summary φ(1,1) ranks"),
+        ("seeds", seed_pair, figure4, ("figure4", "figure7"), "summary φ(1,1) seeds"),
+    ):
         if pair is None:
             for v in opts.views:
-                for name in fig_layers:
-                    report.not_drawn[f"{name}_{v}"] = why
+                report.not_drawn[", ".join(f"{name}_{v}" for name in fig_layers)] = why
             continue
         summary["runs"][kind] = [str(p.path) for p in pair]
         for v in opts.views:
@@ -547,7 +648,6 @@ def build_all(opts: Options) -> Report:
             for w in opts.targets
         }
 
-    ranked = _ranked_runs(ctx, sorted(set(opts.table_ranks) | set(opts.fig8_ranks)))
     if not ranked:
         report.not_drawn["figure8"] = report.not_drawn["table7"] = "no runs at seed 0"
     elif not ctx.base.exists():
@@ -592,8 +692,8 @@ def build_all(opts: Options) -> Report:
     report.summary = summary
     if report.drawn:
         summary = _nan_to_none(summary)
-        report.written.append(atomic_write_json(opts.out / "summary.json", summary))
-        report.written.append(atomic_write_text(opts.out / "summary.md", _summary_md(summary)))
+        report.written.append(atomic_write_json(ctx.out / "summary.json", summary))
+        report.written.append(atomic_write_text(ctx.out / "summary.md", _summary_md(summary)))
     return report
 
 
@@ -604,5 +704,5 @@ def _safe_phi11(
         return float(
             phi_between(ctx.factors(pair[0], w, layer), ctx.factors(pair[1], w, layer), view)[0, 0]
         )
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, FileNotFoundError):
         return None

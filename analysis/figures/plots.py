@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from lora_repro.runs import atomic_write_bytes
 
 CMAP = "viridis"
 
@@ -144,23 +145,15 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 
 
 def save_figure(fig: Figure, stem: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")):
-    """Save ``fig`` as ``<stem>.<fmt>`` for each format, atomically.
+    """Save ``fig`` as ``<stem>.<fmt>`` for each format, atomically (:func:`runs.atomic_write_bytes`).
 
     Returns:
         The written paths.
     """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=fmt, dpi=150)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        out.append(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150)
+        out.append(atomic_write_bytes(stem.with_name(f"{stem.name}.{fmt}"), buf.getvalue()))
     return out
