@@ -274,21 +274,6 @@ def test_output_folders_per_layer(tmp_path):
     assert mine.dirs(0, 4) == (tmp_path / "mine", tmp_path / "tables" / "layer0")
 
 
-@pytest.mark.parametrize("kind", ["missing", "file"])
-def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys, kind):
-    path = tmp_path / "does_not_exist"
-    if kind == "file":
-        path.write_text("x")
-    assert main(["--results", str(path)]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and len(err.strip().splitlines()) == 1
-    assert err.startswith("error: ") and str(path) in err and "make sweep" in err
-    assert ("does not exist" if kind == "missing" else "not a folder") in err
-    assert path.exists() == (kind == "file") and sorted(tmp_path.iterdir()) == (
-        [path] if kind == "file" else []
-    )
-
-
 def test_figures_are_written_readable_by_others(tmp_path):
     import os
 

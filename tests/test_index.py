@@ -236,14 +236,18 @@ def test_a_killed_run_is_told_apart_from_a_running_one(results, capsys):
     assert "gone" not in other and f"{here}-other" in other
 
 
+@pytest.mark.parametrize("cli", ["analysis.index", "analysis.figures"])
 @pytest.mark.parametrize("kind", ["missing", "file"])
-def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys, kind):
+def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys, kind, cli):
+    from analysis.figures.__main__ import main as figures_main
+
+    run = {"analysis.index": main, "analysis.figures": figures_main}[cli]
     path = tmp_path / "does_not_exist"
     if kind == "file":
         path.write_text("x")
-    assert main(["--results", str(path)]) == 2
+    assert run(["--results", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
-    assert str(path) in err and "make sweep" in err
+    assert err.startswith("error: ") and str(path) in err and "make sweep" in err
     assert ("does not exist" if kind == "missing" else "not a folder") in err
-    assert path.exists() == (kind == "file") and not (tmp_path / "index.csv").exists()
+    assert sorted(tmp_path.iterdir()) == ([path] if kind == "file" else [])  # nothing created
