@@ -51,13 +51,16 @@ def launchers() -> list[str]:
     return sorted({q.stem for q in (CONF / "hydra" / "launcher").glob("*.yaml")} | PLUGIN_LAUNCHERS)
 
 
-def results_dir(overrides: list[str]) -> Path:
-    """``paths.results`` as the runs will see it (override, else $LORA_RESULTS, else results)."""
+def results_dir(overrides: list[str]) -> str:
+    """``paths.results`` as the runs will see it (override, else $LORA_RESULTS, else results).
+
+    The text as given (``""`` stays empty, where ``Path("")`` would read as the current folder).
+    """
     for o in overrides:
         if o.startswith("paths.results="):
-            return Path(o.split("=", 1)[1])
+            return o.split("=", 1)[1]
     default = OmegaConf.load(CONF / "paths" / "default.yaml")
-    return Path(OmegaConf.to_container(default, resolve=True)["results"])
+    return str(OmegaConf.to_container(default, resolve=True)["results"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if names is None:
         known = ["paper", *sorted(q.stem for q in (CONF / "sweep").glob("*.yaml"))]
         return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}")
-    results = results_dir(args.overrides)
-    problem = runs.results_write_problem(results)
+    problem = runs.results_write_problem(results_dir(args.overrides))
     if problem:
         return _bad(problem)
+    results = Path(results_dir(args.overrides))
     results.mkdir(parents=True, exist_ok=True)
     failure_log = (
         results / ".hydra" / f"failures-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if failed_grids:
             parts.append(f"grid(s) {failed_grids} exited with an error (see above)")
         print(
-            f"error: {'; '.join(parts)}; fix what is reported above and rerun the same command "
+            f"error: {'; '.join(parts)}; fix what is reported above and rerun "
             "(finished runs are skipped)",
             file=sys.stderr,
         )

@@ -76,7 +76,7 @@ def check_results_dir(argv: list[str]) -> None:
     that is a file or not writable is caught here, not inside the run.
     """
     results = results_dir([a for a in argv if not a.startswith("-")])
-    problem = None if "," in str(results) else runs.results_write_problem(results)
+    problem = None if "," in results else runs.results_write_problem(results)
     if problem:
         sys.exit(f"error: {problem}")
 

@@ -284,6 +284,8 @@ def results_write_problem(results: str | os.PathLike) -> str | None:
 
     The folder need not exist yet: the nearest existing parent must then be writable.
     """
+    if not str(results).strip():
+        return "paths.results is empty: give a folder, e.g. paths.results=results"
     path = Path(results)
     if path.exists() and not path.is_dir():
         return f"paths.results={results} is a file, not a folder: point it at a folder"

@@ -233,6 +233,11 @@ def find_targets(
         if pattern is None:
             raise TargetError(
                 f"weight type {t!r} has no pattern for family {family!r}; known: {sorted(patterns)}"
+                + (
+                    f": add {t!r} to adapter.target_modules or drop it from adapter.targets"
+                    if family == "custom"
+                    else ""
+                )
             )
         regex = re.compile(pattern)
         hits = 0

@@ -418,7 +418,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if pid is not None:
         raise RunConflict(
             f"{run_dir} is being trained now by process {pid} on this host; wait for it to "
-            "finish (or stop it) and rerun, or set group=<name> to train a second copy"
+            "finish (or stop it) and rerun, or set group=<name> to keep both"
         )
 
     if (run_dir / runs.CONFIG_FILE).exists():
@@ -428,7 +428,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
             if diff:
                 raise RunConflict(
                     f"{run_dir} holds a finished run with other settings ({'; '.join(diff[:3])}); "
-                    "set group=<name> or paths.results=<dir> to keep both"
+                    "set group=<name> or paths.results=<dir> to keep both, or delete that "
+                    "folder to replace it"
                 )
             log.info("already finished, skipped: %s", run_dir)
             return runs.read_json(run_dir / runs.SUMMARY_FILE)
@@ -471,15 +472,13 @@ def _train(
     torch.use_deterministic_algorithms(bool(tc.deterministic), warn_only=True)
     model, tok = loaded.model, loaded.tokenizer
 
-    # Pretrained W for the analysis (Table 7): once per model, all four types.
+    # Pretrained W for the analysis (Table 7): once per model, all four types (those of a
+    # custom adapter.target_modules map).
     bw_path = runs.base_weights_path(cfg.paths.results, cfg.model.name)
     if tc.save_base_weights and not bw_path.exists():
-        all_t = find_targets(
-            model,
-            ["q", "k", "v", "o"],
-            None,
-            dict(cfg.adapter.target_modules) if cfg.adapter.target_modules else None,
-        )
+        custom = dict(cfg.adapter.target_modules) if cfg.adapter.target_modules else None
+        types = [t for t in runs.WEIGHT_TYPES if custom is None or t in custom]
+        all_t = find_targets(model, types, None, custom)
         runs.save_base_weights(
             bw_path, base_weights(model, all_t), module_infos(all_t), cfg.model.id
         )

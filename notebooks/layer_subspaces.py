@@ -52,6 +52,7 @@ from analysis.figures import plots  # noqa: E402
 RESULTS = "results"  # results folder, relative to the repository root or absolute
 TASK = "rotten_tomatoes"
 MODEL = "minilm"
+GROUP = "runs"  # the runs' group (experiments.train group=...; runs is the default)
 RANKS = None  # (small, large) [q,v] ranks at seed 0, used exactly; None: the paper's (8, 64)
 RUN_DIRS = None  # or two run directories to compare (overrides RANKS)
 LAYER = None  # block index; None: the middle one (n_layers // 2, the paper's 48 of 96)
@@ -61,7 +62,11 @@ SEED = 0  # seed of the random baselines
 
 # %%
 results = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
-records = [r for r in ld.index_runs(results) if (r.spec.task, r.spec.model) == (TASK, MODEL)]
+records = [
+    r
+    for r in ld.index_runs(results, where={"group": GROUP})
+    if (r.spec.task, r.spec.model) == (TASK, MODEL)
+]
 if RUN_DIRS is None:
     # raises MissingRuns (naming the run and the sweep that makes it) when a rank is missing
     pick = ld.pick_rank_pair(

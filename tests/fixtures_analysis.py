@@ -71,10 +71,11 @@ def write_run(
     with_init: bool = True,
     task: str = TASK,
     model: str = MODEL,
+    group: str = "runs",
 ) -> Path:
-    """Write one finished run; returns its directory."""
+    """Write one finished run (in ``<results>/<group>/``, as experiments.train does)."""
     name = f"{'_'.join(targets)}-r{r}-a{int(alpha) if float(alpha).is_integer() else alpha}"
-    run = Path(results) / "runs" / task / model / name / f"seed{seed}"
+    run = Path(results) / group / task / model / name / f"seed{seed}"
     rng = np.random.default_rng([r, seed, 11])
     modules, A, B, A0 = {}, {}, {}, {}
     for layer in range(n_layers):
@@ -108,6 +109,7 @@ def write_run(
         "task": {"name": task},
         "adapter": {"targets": list(targets), "r": r, "alpha": alpha, "init": "gaussian"},
         "seed": seed,
+        "group": group,
     }
     runs_io.atomic_write_yaml(run / runs_io.CONFIG_FILE, cfg)
     runs_io.atomic_write_json(run / runs_io.META_FILE, {"seed": seed, "fixture": True})

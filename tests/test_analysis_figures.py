@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from fixtures_analysis import N_LAYERS, make_results, write_run
 
+from analysis import layer_data as ld
 from analysis import subspace as sub
 from analysis.figures import Options, Report
 from analysis.figures.__main__ import main
@@ -289,3 +290,14 @@ def test_figures_are_written_readable_by_others(tmp_path):
     assert [p.name for p in paths] == ["f.png", "f.pdf"]
     assert [oct(p.stat().st_mode & 0o777) for p in paths] == ["0o644", "0o644"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_runs_of_another_group_are_not_drawn_unless_asked_for(tmp_path):
+    results = make_results(tmp_path / "res", ranks=(8, 32), seed1_ranks=())
+    alt = write_run(results, r=8, seed=0, group="alt")  # e.g. a run with another lr
+    assert main(["--results", str(results), "--out", str(tmp_path / "f"), "--ranks", "8,32"]) == 1
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert [Path(p).parts[-5] for p in summary["runs"]["ranks"]] == ["runs", "runs"]
+    assert not any("runs match" in n for n in summary["notes"])
+    (rec,) = [r for r in ld.index_runs(results, where={"group": "alt"})]
+    assert rec.path == alt  # what --group alt draws from

@@ -131,6 +131,7 @@ def test_sweep_bad_arguments_exit_2_in_one_line(tmp_path):
         (["--sweep", "nope"], "error: unknown sweep 'nope'; choose one of ['paper', 'seeds', "),
         (["--launcher", "nope"], "error: unknown launcher 'nope'; choose one of ['local', "),
         ([f"paths.results={tmp_path / 'afile'}"], "is a file, not a folder"),
+        (["paths.results="], "error: paths.results is empty: give a folder"),
     ]:
         p = _run(["experiments.sweep", *args], timeout=120)
         assert p.returncode == 2 and message in p.stderr and len(p.stderr.splitlines()) == 1, (

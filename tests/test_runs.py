@@ -305,6 +305,9 @@ def test_results_write_problem_names_files_in_the_way(tmp_path):
         == f"paths.results={afile} is a file, not a folder: point it at a folder"
     )
     assert "lies below" in runs.results_write_problem(afile / "sub")
+    assert runs.results_write_problem("") == (
+        "paths.results is empty: give a folder, e.g. paths.results=results"
+    )
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)

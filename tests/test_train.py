@@ -239,6 +239,19 @@ def test_a_results_path_that_is_a_file_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_custom_target_map_trains_and_saves_the_base_weights_it_names(results):
+    query = r"layer\.(\d+)\.attention\.self\.query$"
+    _, summary, run_dir = _fit(
+        results, f'adapter.target_modules={{q: "{query}"}}', "adapter.targets=[q]"
+    )
+    assert runs.is_finished(run_dir) and summary["n_matrices"] == 6
+    W, infos = runs.load_base_weights(runs.base_weights_path(results, "minilm"))
+    assert sorted({i.type for i in infos.values()}) == ["q"] and len(W) == 6
+    with pytest.raises(Exception, match=r"add 'v' to adapter.target_modules or drop it"):
+        _fit(results, f'adapter.target_modules={{q: "{query}"}}', "adapter.targets=[q,v]")
+
+
+@pytest.mark.slow
 def test_killed_run_is_not_finished_and_a_rerun_completes(results):
     cmd = _train_cmd(results, "train.max_steps=100000")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

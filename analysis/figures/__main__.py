@@ -72,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--table-ranks", type=_ints, default=(4, 64), help="Table 7 ranks [4,64]")
     p.add_argument("--fig8-ranks", type=_ints, default=(4, 8, 64), help="Fig. 8 ranks [4,8,64]")
     p.add_argument(
+        "--group",
+        default="runs",
+        help="the runs' group (experiments.train group=...) [runs, the default group]",
+    )
+    p.add_argument(
         "--where",
         action="append",
         default=[],
@@ -143,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: --where takes KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         where[key] = value
+    where.setdefault("group", args.group)  # runs of another group are another experiment
     try:
         opts = Options(
             results=args.results,
