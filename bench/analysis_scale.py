@@ -254,12 +254,7 @@ def report(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
-    )
+    p = common.parser(__doc__)
     p.add_argument("--d", type=int, default=GPT3_D, help="d = k of the GPT-3-shape module")
     p.add_argument("--r", type=int, default=64, help="the larger rank")
     p.add_argument("--r-small", type=int, default=8, help="the smaller rank (φ grid r_small vs r)")

@@ -5,6 +5,7 @@ Imports neither torch nor transformers (the analysis benchmark runs without them
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -28,6 +29,18 @@ CONF = REPO / "conf"
 # ------------------------------------------------------------------------------------------------
 # Result files
 # ------------------------------------------------------------------------------------------------
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its module docstring's first paragraph and ``--results``."""
+    p = argparse.ArgumentParser(
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
+    )
+    return p
+
+
 def bench_dir(results: str | os.PathLike) -> Path:
     """``<results>/bench``, where every benchmark writes its JSON."""
     return Path(results) / BENCH_SUBDIR

@@ -240,12 +240,7 @@ def bench_model(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
-    )
+    p = common.parser(__doc__)
     p.add_argument("--models", default="minilm,smollm2", help="comma list: minilm, smollm2, ...")
     p.add_argument("--batch-sizes", default="32", help="comma list of batch sizes")
     p.add_argument("--max-length", type=int, default=64)

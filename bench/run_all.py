@@ -19,7 +19,6 @@ at the end. Quick defaults, a few minutes on a 2-core machine:
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
@@ -45,12 +44,7 @@ def render(name: str, payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks one after another; exit 1 if any failed."""
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
-    )
+    p = common.parser(__doc__)
     p.add_argument("--only", default=",".join(BENCHES), help="comma list of " + ",".join(BENCHES))
     for name, flag in (
         ("train_step", "--train-args"),

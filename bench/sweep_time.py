@@ -130,12 +130,7 @@ def run_sweep(sweep: str, launcher: str, extra: list[str], out_dir: Path) -> dic
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
-    )
+    p = common.parser(__doc__)
     p.add_argument(
         "--from",
         dest="source",

@@ -355,12 +355,7 @@ def profile(
 # Main
 # ------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--results", default="results", help="results folder; JSON goes to <results>/bench/"
-    )
+    p = common.parser(__doc__)
     p.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma list of " + ",".join(VARIANTS)
     )
