@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -31,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import write_table
+from analysis.tables import is_missing, write_table
 from lora_repro import runs
 from lora_repro.budget import auto_budget, rank_for_budget
 
@@ -249,7 +248,7 @@ def _groups(index: pd.DataFrame):
 
 
 def _norm(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    return None if is_missing(v) else v
 
 
 def setting_columns(index: pd.DataFrame) -> list[str]:

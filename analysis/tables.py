@@ -80,7 +80,8 @@ def table7_frame(stats_by_rank: Mapping[int, Mapping[str, float]]) -> pd.DataFra
     return df
 
 
-def _isna(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """True for a table cell with no value: ``None`` or a float NaN."""
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
@@ -142,7 +143,7 @@ def write_table(
         The three paths, csv first.
     """
     stem = Path(stem)
-    cells = df.astype(object).map(lambda v: "" if _isna(v) else fmt(v))
+    cells = df.astype(object).map(lambda v: "" if is_missing(v) else fmt(v))
     md = cells.to_markdown(index=False, tablefmt="github", disable_numparse=True)
     md = f"**{caption}**\n\n" + (preamble + "\n\n" if preamble else "") + md + "\n"
     tex = cells.map(latex_escape)

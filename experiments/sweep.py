@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     if names is None:
         known = ["paper", *sorted(q.stem for q in (CONF / "sweep").glob("*.yaml"))]
         return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}")
-    problem = runs.results_write_problem(results_dir(args.overrides))
+    given = results_dir(args.overrides)
+    problem = runs.results_write_problem(given)
     if problem:
         return _bad(problem)
-    results = Path(results_dir(args.overrides))
+    results = Path(given)
     results.mkdir(parents=True, exist_ok=True)
     failure_log = (
         results / ".hydra" / f"failures-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
