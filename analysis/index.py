@@ -33,6 +33,7 @@ import pandas as pd
 from analysis.tables import is_missing, write_table
 from lora_repro import runs
 from lora_repro.budget import auto_budget, rank_for_budget
+from lora_repro.config import NON_IDENTITY
 
 PAPER = json.loads((Path(__file__).with_name("paper_tables.json")).read_text())
 TABLE5_SETS = ["q", "k", "v", "o", "q,k", "q,v", "q,k,v,o"]
@@ -51,15 +52,10 @@ NOT_SETTINGS = (
     "adapter.targets",
     "adapter.r",
     "adapter.layers",  # runs on a subset of layers are left out of the tables
-    "adapter.budget",  # the rank it gives is adapter.r
     "seed",
     "seed_init",
     "seed_data",
-    "paths",
-    "sweep",
-    "train.progress",
-    "train.eval_every",
-    "train.eval_batch_size",
+    *sorted(".".join(k) for k in NON_IDENTITY if k != ("group",)),
 )
 # Settings that the index always has a column for: config key -> column.
 SETTING_COLUMNS = {
@@ -163,6 +159,8 @@ def build_index(results: str | Path) -> pd.DataFrame:
             "lr": float(t["lr"]),
             "max_steps": int(t["max_steps"]),
             "group": cfg.get("group"),
+            # the precision that ran (summary.json since it was recorded; the config before)
+            "precision": summary.get("precision", t.get("precision")),
         }
         rows.append((row, summary, str(run_dir.relative_to(root))))
         configs.append({k: v for k, v in _flatten(cfg) if _is_setting(k)})
@@ -362,7 +360,7 @@ def write_index(index: pd.DataFrame, results: str | Path) -> list[Path]:
     pq = io.BytesIO()
     index.to_parquet(pq, index=False)
     buf = io.StringIO()
-    index.to_csv(buf, index=False)
+    index.to_csv(buf, index=False, float_format=runs.CSV_FLOAT_FORMAT)
     return [
         runs.atomic_write_bytes(results / "index.parquet", pq.getvalue()),
         runs.atomic_write_text(results / "index.csv", buf.getvalue()),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from lora_repro.runs import atomic_write_text
+from lora_repro.runs import CSV_FLOAT_FORMAT, atomic_write_text
 
 PAPER_VALUES_FILE = Path(__file__).with_name("paper_values.json")
 
@@ -129,7 +129,8 @@ def write_table(
     """Atomically write ``<stem>.md`` (caption, preamble, table), ``<stem>.csv`` and ``<stem>.tex``.
 
     The one writer of every table (5, 6, 7): markdown through pandas/tabulate, a booktabs table
-    through pandas' Styler, the CSV with full-precision values. ``df``'s index is not written.
+    through pandas' Styler, the CSV with :data:`lora_repro.runs.SIG_DIGITS` significant digits (the same bytes from
+    any BLAS kernel). ``df``'s index is not written.
 
     Args:
         df: the table, one row per table row; NaN/None cells are left empty.
@@ -158,7 +159,9 @@ def write_table(
         caption=latex_escape(caption),
     )
     return [
-        atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False)),
+        atomic_write_text(
+            stem.with_suffix(".csv"), df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT)
+        ),
         atomic_write_text(stem.with_suffix(".md"), md),
         atomic_write_text(stem.with_suffix(".tex"), latex),
     ]

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_repro.precision import autocast
+
 IGNORE = -100
 
 
@@ -173,10 +175,6 @@ def lm_loss(
     return nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @torch.no_grad()
 def sequence_logprobs(
     model: nn.Module,
@@ -193,7 +191,7 @@ def sequence_logprobs(
         b = order[s : s + batch_size]
         ids, mask, labels = lm_batch([examples[i] for i in b], pad_id)
         first = min(examples[i].n_prompt for i in b) - 1
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = forward_logits(model, ids.to(device), mask.to(device), first)
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         tgt = labels[:, first + 1 :].to(device)
@@ -241,7 +239,7 @@ def label_scores(
             rows = [Example(ex[i].ids[: ex[i].n_prompt], ex[i].n_prompt) for i in b]
             ids, mask, _ = lm_batch(rows, pad_id)
             first = min(r.n_prompt for r in rows) - 1
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits = forward_logits(model, ids.to(device), mask.to(device), first)
             last = torch.tensor([r.n_prompt - 1 - first for r in rows], device=logits.device)
             nxt = logits[torch.arange(len(b), device=logits.device), last].float()
@@ -297,7 +295,7 @@ def generate(
             p = prompts[i]
             ids[j, L - len(p) :] = torch.tensor(list(p), dtype=torch.long)
             mask[j, L - len(p) :] = 1
-        with _autocast(device, precision):
+        with autocast(device, precision):
             seqs = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
             )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import socket
@@ -113,6 +114,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(
         path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
     )
+
+
+# Significant digits of the numbers in derived results (tables, index, figure summaries): enough
+# for every quantity reported, few enough that another BLAS kernel (differences in the 15th-16th
+# digit) writes the same bytes.
+SIG_DIGITS = 8
+CSV_FLOAT_FORMAT = f"%.{SIG_DIGITS}g"
+
+
+def rounded(obj: Any, digits: int = SIG_DIGITS) -> Any:
+    """``obj`` with every float (in nested dicts, lists and tuples) at ``digits`` significant digits."""
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
 
 
 def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:

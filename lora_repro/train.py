@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import platform
 import socket
 import time
 from collections.abc import Callable
@@ -61,6 +60,8 @@ from lora_repro.lora import (
 )
 from lora_repro.metrics import generation_metrics
 from lora_repro.models import head_modules, load_model, reset_head
+from lora_repro.precision import autocast, cpu_info
+from lora_repro.precision import resolve as resolve_precision
 from lora_repro.targets import find_targets
 
 log = logging.getLogger("lora_repro")
@@ -190,7 +191,7 @@ def evaluate(
         b = order[s : s + batch_size]
         input_ids, mask = pad_batch([ids[i] for i in b], pad_id)
         y = torch.tensor([labels[i] for i in b], device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, precision):
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
         logits = logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
@@ -217,8 +218,10 @@ class Track:
     splits: list[str]
 
 
-def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device) -> Track:
+def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device, prec: str) -> Track:
     """The loss and evaluation functions of ``cfg.model.kind`` on ``cfg.task.type``.
+
+    ``prec`` is the resolved precision (``bf16``, ``fp16`` or ``fp32``; see lora_repro.precision).
 
     Raises:
         ConfigError: a generation task with an encoder, or data of the wrong type.
@@ -231,13 +234,15 @@ def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device) -> Trac
             raise ConfigError(
                 f"task {task.name!r} is not a classification task; model.kind=seq_cls"
             )
-        return _seq_cls_track(cfg, data, tok, device, ls, evals)
+        return _seq_cls_track(cfg, data, tok, device, prec, ls, evals)
     if isinstance(data, ClassificationData):
-        return _causal_cls_track(cfg, data, tok, device, ls, evals)
-    return _causal_gen_track(cfg, data, tok, device, ls, evals)
+        return _causal_cls_track(cfg, data, tok, device, prec, ls, evals)
+    return _causal_gen_track(cfg, data, tok, device, prec, ls, evals)
 
 
-def _seq_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals) -> Track:
+def _seq_cls_track(
+    cfg, data: ClassificationData, tok, device, prec: str, ls: float, evals
+) -> Track:
     tc = cfg.train
     split_ids = {
         s: tokenize(tok, texts, cfg.task.max_length) for s, (texts, _) in data.splits.items()
@@ -249,7 +254,7 @@ def _seq_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals)
     def batch_loss(model, b: list[int]) -> torch.Tensor:
         input_ids, mask = pad_batch([train_ids[i] for i in b], pad_id)
         y = torch.tensor([train_y[i] for i in b], device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        with autocast(device, prec):
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
         if ls:
             return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=ls)
@@ -257,7 +262,7 @@ def _seq_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals)
 
     def ev(model, split: str):
         return evaluate(
-            model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, tc.precision
+            model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, prec
         ), None
 
     return Track([len(x) for x in train_ids], batch_loss, ev, evals)
@@ -268,13 +273,15 @@ def _lm_batch_loss(train: list, pad_id: int, device: torch.device, precision: st
 
     def batch_loss(model, b: list[int]) -> torch.Tensor:
         ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, precision):
             return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
 
     return batch_loss
 
 
-def _causal_cls_track(cfg, data: ClassificationData, tok, device, ls: float, evals) -> Track:
+def _causal_cls_track(
+    cfg, data: ClassificationData, tok, device, prec: str, ls: float, evals
+) -> Track:
     """Prompt → label word (GPT-3 style): LM loss on the label word, evaluation by likelihood."""
     tc, task = cfg.train, cfg.task
     pad_id, bos = tok.pad_token_id, tok.bos_token_id
@@ -291,14 +298,14 @@ def _causal_cls_track(cfg, data: ClassificationData, tok, device, ls: float, eva
         for p, y in zip(prompt_ids["train"], labels["train"], strict=True)
     ]
 
-    batch_loss = _lm_batch_loss(train, pad_id, device, tc.precision, ls)
+    batch_loss = _lm_batch_loss(train, pad_id, device, prec, ls)
 
     def ev(model, split: str):
         was_training = model.training
         model.eval()
         scores = causal.label_scores(
             model, prompt_ids[split], label_ids, pad_id, tc.eval_batch_size, device,
-            tc.precision, task.max_length, bos,
+            prec, task.max_length, bos,
         )  # fmt: skip
         model.train(was_training)
         y = torch.tensor(labels[split])
@@ -309,7 +316,7 @@ def _causal_cls_track(cfg, data: ClassificationData, tok, device, ls: float, eva
     return Track([len(e.ids) for e in train], batch_loss, ev, evals)
 
 
-def _causal_gen_track(cfg, data: GenerationData, tok, device, ls: float, evals) -> Track:
+def _causal_gen_track(cfg, data: GenerationData, tok, device, prec: str, ls: float, evals) -> Track:
     """Prompt → target: LM loss on the target tokens; evaluation by decoding and the metrics."""
     tc, task = cfg.train, cfg.task
     pad_id, bos = tok.pad_token_id, tok.bos_token_id
@@ -332,17 +339,17 @@ def _causal_gen_track(cfg, data: GenerationData, tok, device, ls: float, evals) 
         for s in evals
     }
 
-    batch_loss = _lm_batch_loss(train, pad_id, device, tc.precision, ls)
+    batch_loss = _lm_batch_loss(train, pad_id, device, prec, ls)
 
     def ev(model, split: str):
         was_training = model.training
         model.eval()
         ex = loss_examples[split]
-        logp = causal.sequence_logprobs(model, ex, pad_id, tc.eval_batch_size, device, tc.precision)
+        logp = causal.sequence_logprobs(model, ex, pad_id, tc.eval_batch_size, device, prec)
         n_tok = sum(len(e.ids) - e.n_prompt for e in ex)
         preds = causal.generate(
             model, tok, gen_prompts[split], task.max_new_tokens, tc.eval_batch_size, device,
-            tc.precision, task.num_beams, task.length_penalty, task.no_repeat_ngram_size,
+            prec, task.num_beams, task.length_penalty, task.no_repeat_ngram_size,
         )  # fmt: skip
         model.train(was_training)
         metrics = generation_metrics(list(task.metrics), preds, data.splits[split][1])
@@ -500,8 +507,11 @@ def _train(
     )
     model.to(device)
 
-    track = make_track(cfg, data, tok, device)
+    prec = resolve_precision(tc.precision, device)
+    log.info("precision: %s (%s)", prec.name, prec.reason)
+    track = make_track(cfg, data, tok, device, prec.name)
 
+    cpu = cpu_info()
     meta = {
         **runs.git_state(),
         "versions": runs.package_versions(*RECORDED_PACKAGES),
@@ -509,9 +519,9 @@ def _train(
         "data": data.identity,
         "seeds": {"seed": cfg.seed, "seed_init": seed_init, "seed_data": seed_data},
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu.model,
+        "cpu": cpu.record(),
+        **prec.record(),
         "threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "started": t_start,
@@ -539,6 +549,8 @@ def _train(
             yield from length_grouped_batches(lengths, tc.batch_size, g_data)
 
     it = batches()
+    # fp16 (CUDA only) needs loss scaling; bf16 and fp32 keep fp32's exponent range.
+    scaler = torch.amp.GradScaler(device.type, enabled=prec.name == "fp16")
     t_train = time.time()
     setup_s = t_train - t_start
     eval_s = 0.0
@@ -549,15 +561,18 @@ def _train(
         loss_total = 0.0
         for _ in range(tc.grad_accum):
             loss = track.batch_loss(model, next(it)) / tc.grad_accum
-            loss.backward()
+            scaler.scale(loss).backward()
             loss_total += loss.item()
         if not math.isfinite(loss_total):
+            hint = "" if prec.name == "fp32" else " or use train.precision=fp32"
             raise TrainingDiverged(
-                f"loss is {loss_total} at step {step + 1}; lower train.lr (now {tc.lr}) or use train.precision=fp32"
+                f"loss is {loss_total} at step {step + 1}; lower train.lr (now {tc.lr}){hint}"
             )
         if tc.max_grad_norm:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(lora_params + head_params, tc.max_grad_norm)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         last_loss = loss_total
@@ -620,6 +635,7 @@ def _train(
         "n_lora_params_formula": lora_param_count([(t.d, t.k) for t in targets], lora_cfg.r),
         "n_head_params": n_head,
         "steps": tc.max_steps,
+        **prec.record(),
         "wall_time_s": t_end - t_start,
         "setup_time_s": setup_s,
         "train_time_s": train_s,

@@ -301,3 +301,25 @@ def test_runs_of_another_group_are_not_drawn_unless_asked_for(tmp_path):
     assert not any("runs match" in n for n in summary["notes"])
     (rec,) = [r for r in ld.index_runs(results, where={"group": "alt"})]
     assert rec.path == alt  # what --group alt draws from
+
+
+def test_committed_outputs_are_byte_stable_under_last_digit_noise(tmp_path, monkeypatch):
+    """Factors and W perturbed by 1e-12 (another BLAS kernel's rounding) write the committed
+    table7.csv and summary.json byte for byte."""
+    committed = REPO / "results"
+    if not (committed / "figures" / "summary.json").exists():
+        pytest.skip("no committed results in this checkout")
+    res = tmp_path / "results"
+    shutil.copytree(committed / "runs", res / "runs")
+    shutil.copytree(committed / "base_weights", res / "base_weights")
+    factors, matrix = ld.layer_factors, ld.BaseWeights.matrix
+
+    def noisy_factors(*a, **k):
+        f = factors(*a, **k)
+        return ld.LayerFactors(**{**f.__dict__, "A": f.A * (1 + 1e-12), "B": f.B * (1 - 1e-12)})
+
+    monkeypatch.setattr(ld, "layer_factors", noisy_factors)
+    monkeypatch.setattr(ld.BaseWeights, "matrix", lambda self, key: matrix(self, key) * (1 + 1e-12))
+    assert main(["--results", str(res), "--formats", "png"]) == 0
+    for rel in ("tables/table7.csv", "figures/summary.json", "figures/summary.md"):
+        assert (res / rel).read_bytes() == (committed / rel).read_bytes(), rel

@@ -172,6 +172,41 @@ def test_default_tables_of_the_committed_results_are_unchanged(tmp_path):
     assert (res / "index.csv").read_bytes() == (committed / "index.csv").read_bytes()
 
 
+def _perturbed(obj, rel: float):
+    if isinstance(obj, float):
+        return obj * (1 + rel)
+    if isinstance(obj, dict):
+        return {k: _perturbed(v, rel) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_perturbed(v, rel) for v in obj]
+    return obj
+
+
+def test_committed_tables_are_byte_stable_under_last_digit_noise(tmp_path):
+    """Summaries perturbed by 1e-12 (another BLAS kernel's rounding) write the committed bytes."""
+    committed = Path(__file__).resolve().parents[1] / "results"
+    if not (committed / "tables" / "table6.csv").exists():
+        pytest.skip("no committed results in this checkout")
+    res = tmp_path / "results"
+    shutil.copytree(
+        committed / "runs", res / "runs", ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    shutil.copytree(committed / "base_weights", res / "base_weights")
+    for summary in res.glob("runs/**/summary.json"):
+        runs.atomic_write_json(summary, _perturbed(runs.read_json(summary), 1e-12))
+    collect(res)
+    for name in ("table5.csv", "table6.csv"):
+        assert (res / "tables" / name).read_bytes() == (committed / "tables" / name).read_bytes()
+    assert (res / "index.csv").read_bytes() == (committed / "index.csv").read_bytes()
+
+
+def test_rounded_keeps_eight_significant_digits():
+    x = {"a": [0.1234567891234, 1e-12 * 3.14159265358979], "b": 12345.678912, "c": float("nan")}
+    got = runs.rounded(x)
+    assert got["a"] == [0.12345679, 3.1415927e-12] and got["b"] == 12345.679
+    assert np.isnan(got["c"]) and runs.rounded(_perturbed(x, 1e-12))["a"] == got["a"]
+
+
 def test_table5_with_an_explicit_budget(results):
     index = collect(results)["index"]
     t5 = table5(index, results, budget=LAYERS * 2 * D * 4).set_index("targets")  # r=4 on one type

@@ -42,7 +42,7 @@ from analysis import tables
 from analysis.figures.plots import Panel, heatmap_figure, save_figure
 from analysis.layer_data import LayerFactors, RunRecord, RunSpec, phi_between
 from lora_repro import runs as runs_io
-from lora_repro.runs import atomic_write_json, atomic_write_text
+from lora_repro.runs import CSV_FLOAT_FORMAT, atomic_write_json, atomic_write_text, rounded
 
 ARTIFACTS = ("figure3", "figure4", "figure6", "figure7", "figure8", "table7")
 
@@ -355,7 +355,9 @@ def _long(figure: str, view: str, layer: int | str, panel: str, grid: np.ndarray
 def _write_figure(ctx: _Ctx, fig, stem: str, frames: list[pd.DataFrame]) -> None:
     ctx.report.written += save_figure(fig, ctx.out / stem, ctx.opts.formats)
     csv = ctx.out / f"{stem}.csv"
-    atomic_write_text(csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
+    atomic_write_text(
+        csv, pd.concat(frames, ignore_index=True).to_csv(index=False, float_format=CSV_FLOAT_FORMAT)
+    )
     ctx.report.written.append(csv)
     ctx.report.drawn.append(stem)
 
@@ -633,7 +635,7 @@ def build_all(opts: Options) -> Report:
             for v in opts.views:
                 report.not_drawn[", ".join(f"{name}_{v}" for name in fig_layers)] = why
             continue
-        summary["runs"][kind] = [str(p.path) for p in pair]
+        summary["runs"][kind] = [_relative(p.path, opts.results) for p in pair]
         for v in opts.views:
             attempt(f"{fig_layers[0]}_{v}", fig, ctx, pair, v, [layer])
             attempt(f"{fig_layers[1]}_{v}", fig, ctx, pair, v, layers)
@@ -691,10 +693,18 @@ def build_all(opts: Options) -> Report:
     summary["notes"] = list(report.notes)
     report.summary = summary
     if report.drawn:
-        summary = _nan_to_none(summary)
+        summary = rounded(_nan_to_none(summary))
         report.written.append(atomic_write_json(ctx.out / "summary.json", summary))
         report.written.append(atomic_write_text(ctx.out / "summary.md", _summary_md(summary)))
     return report
+
+
+def _relative(path: Path, results: Path) -> str:
+    """``path`` relative to the results folder (the summary reads the same from any cwd)."""
+    try:
+        return Path(path).resolve().relative_to(Path(results).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _safe_phi11(
