@@ -10,7 +10,7 @@
   Wq,Wk,Wv,Wo.
 
 Cells are mean ± std over seeds (no std with one seed; n is given), with the trainable LoRA
-parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_tables.json``). Only
+parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_values.json``). Only
 runs whose settings agree apart from their seeds are pooled: when the index holds runs of one
 cell with other settings (another ``group``, lr, α, batch size, ...), the cell gets one row per
 setting, with the settings that differ as columns. Reads run directories only, through
@@ -30,16 +30,17 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import is_missing, write_table
-from lora_repro import runs
+from analysis.tables import is_missing, paper_values, write_table
+from lora_repro import grids, runs
 from lora_repro.budget import auto_budget, rank_for_budget
 from lora_repro.config import NON_IDENTITY
 
-PAPER = json.loads((Path(__file__).with_name("paper_tables.json")).read_text())
-TABLE5_SETS = ["q", "k", "v", "o", "q,k", "q,v", "q,k,v,o"]
-TABLE6_SETS = ["q", "q,v", "q,k,v,o"]
-TABLE6_RANKS = [1, 2, 4, 8, 64]
-TYPE_ORDER = "qkvo"
+PAPER = paper_values()
+# The cells of Tables 5 and 6: their grids' definitions (conf/sweep/table5.yaml, table6.yaml).
+TABLE5_SETS = [",".join(t) for t in grids.load("table5").targets]
+TABLE6_SETS = [",".join(t) for t in grids.load("table6").targets]
+TABLE6_RANKS = list(grids.load("table6").ranks)
+TYPE_ORDER = runs.WEIGHT_TYPES
 
 
 # A run's setting is its resolved config apart from what names its table cell, its seeds, and the
@@ -141,7 +142,7 @@ def build_index(results: str | Path) -> pd.DataFrame:
     rows, configs = [], []
     root = Path(results)
     for run_dir, cfg in runs.iter_finished(root):
-        summary = runs.read_json(run_dir / runs.SUMMARY_FILE)
+        summary = runs.read_object(run_dir / runs.SUMMARY_FILE)
         a, t = cfg["adapter"], cfg["train"]
         seed = cfg["seed"]
         row = {
@@ -368,12 +369,17 @@ def write_index(index: pd.DataFrame, results: str | Path) -> list[Path]:
 
 
 def unfinished_runs(results: str | Path) -> list[tuple[Path, str | None]]:
-    """Run directories below ``results`` whose status is not success: ``(path, status)``."""
+    """Run directories below ``results`` that are not usable: ``(path, status)``.
+
+    ``status`` is ``running``, ``failed``, ``None`` (no status) or ``"damaged: <file>: <why>"``.
+    """
     out = []
     for run_dir in runs.find_runs(results, finished_only=False):
-        status = runs.run_status(run_dir)
-        if status != "success":
-            out.append((run_dir, status))
+        state = runs.run_state(run_dir)
+        if state.problem is not None:
+            out.append((run_dir, f"damaged: {state.problem}"))
+        elif state.status != "success":
+            out.append((run_dir, state.status))
     return out
 
 
@@ -387,7 +393,7 @@ def describe_unfinished(run_dir: str | Path, status: str | None) -> str:
     what = status or "no status"
     if status == "running":
         try:
-            info = runs.read_json(Path(run_dir) / runs.STATUS_FILE)
+            info = runs.read_object(Path(run_dir) / runs.STATUS_FILE)
         except (OSError, ValueError):
             info = {}
         pid, host = info.get("pid"), info.get("host")
@@ -397,6 +403,8 @@ def describe_unfinished(run_dir: str | Path, status: str | None) -> str:
                     what = f"running, but its process {pid} is gone: rerun to redo it"
             else:
                 what = f"running on host {host}, pid {pid}"
+    if what.startswith("damaged"):
+        return f"not usable ({what}); the next sweep trains it again: {run_dir}"
     return f"not finished ({what}): {run_dir}"
 
 

@@ -18,15 +18,17 @@ import numpy as np
 
 from analysis import amplification as amp
 from analysis import subspace as sub
+from lora_repro import grids
 from lora_repro import runs as runs_io
+from lora_repro.errors import LoraReproError
 
 WEIGHT_TYPES: tuple[str, ...] = runs_io.WEIGHT_TYPES
 
 SWEEPS: tuple[tuple[str, tuple[tuple[str, ...], ...], tuple[int, ...], tuple[int, ...]], ...] = (
-    # (sweep name, target sets, ranks, seeds) -- mirrors conf/sweep/*.yaml
-    ("subspace", (("q", "v"),), (4, 8, 64), (0,)),
-    ("seeds", (("q", "v"),), (64,), (0, 1)),
-    ("table6", (("q",), ("q", "v"), ("q", "k", "v", "o")), (1, 2, 4, 8, 64), (0,)),
+    tuple(
+        (g.name, g.targets, g.ranks, g.seeds)
+        for g in (grids.load(n) for n in ("subspace", "seeds", "table6"))
+    )
 )
 """Which sweep (``conf/sweep/<name>.yaml``) makes which runs, for the missing-run messages."""
 
@@ -147,17 +149,20 @@ def record_from_config(path: str | os.PathLike, cfg: Mapping[str, Any]) -> RunRe
 
 
 def index_runs(
-    results: str | os.PathLike, where: Mapping[str, str] | None = None
+    results: str | os.PathLike,
+    where: Mapping[str, str] | None = None,
+    damaged: list | None = None,
 ) -> list[RunRecord]:
-    """Every finished LoRA run below ``results`` (``status.json`` says success), sorted by path.
+    """Every usable finished LoRA run below ``results`` (status success, files sound), by path.
 
     Args:
         results: results folder.
         where: keep only runs whose config has these values, dotted keys compared as strings,
             e.g. ``{"adapter.init": "kaiming_uniform", "train.max_steps": "300"}``.
+        damaged: when given, the damaged files of runs left out are appended to it.
     """
     out = []
-    for path, cfg in runs_io.iter_finished(results):
+    for path, cfg in runs_io.iter_finished(results, damaged):
         rec = record_from_config(path, cfg or {})
         if rec is None:
             continue
@@ -202,7 +207,7 @@ PAPER_RANK_PAIR: tuple[int, int] = (8, 64)
 """The ranks compared in paper Fig. 3 (and the rank of Fig. 4: the larger one)."""
 
 
-class MissingRuns(ValueError):
+class MissingRuns(LoraReproError, ValueError):
     """Runs that an analysis needs are not among the finished ones.
 
     Attributes:

@@ -47,11 +47,12 @@ import numpy as np
 from analysis import amplification as amp
 from analysis import subspace as sub
 from bench import common
+from lora_repro.runs import WEIGHT_TYPES
 
 NAME = "analysis_scale"
 GPT3_D = 12288
 GPT3_LAYERS = 96
-TYPES = ("q", "k", "v", "o")
+TYPES = WEIGHT_TYPES
 
 
 def random_factors(

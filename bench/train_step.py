@@ -168,7 +168,7 @@ def build_variant(
     from lora_repro.lora import LoraConfig, inject_lora, lora_parameters
     from lora_repro.models import head_modules, load_model, reset_head
     from lora_repro.targets import find_targets
-    from lora_repro.train import _lr_lambda
+    from lora_repro.train import lr_lambda
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
@@ -212,24 +212,37 @@ def build_variant(
             p.requires_grad_(True)
         groups = [{"params": extra + head_params, "lr": lr}]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(10_000, 600))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10_000, 600))
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
     return Variant(name, m, opt, sched, trainable)
 
 
-def train_step(v: Variant, batch: tuple[Any, Any, Any], precision: str = "bf16") -> float:
-    """One step of train.py's loop on ``batch``; returns the loss."""
+def train_step(v: Variant, batch: tuple[Any, Any, Any], precision: str = "fp32") -> float:
+    """One step of train.py's loop (:func:`lora_repro.train.step`) on ``batch``; returns the loss.
+
+    ``precision`` is a resolved one (``bf16`` or ``fp32``; see :func:`resolved_precision`).
+    """
     import torch
 
-    input_ids, mask, y = batch
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = v.model(input_ids=input_ids, attention_mask=mask).logits
-    loss = torch.nn.functional.cross_entropy(logits.float(), y)
-    loss.backward()
-    v.opt.step()
-    v.sched.step()
-    v.opt.zero_grad(set_to_none=True)
-    return loss.item()
+    from lora_repro.precision import autocast
+    from lora_repro.train import Trainee, step
+
+    def batch_loss(model, b):
+        input_ids, mask, y = b
+        with autocast(torch.device("cpu"), precision):
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
+        return torch.nn.functional.cross_entropy(logits.float(), y)
+
+    return step(Trainee(v.model, [], v.opt, v.sched), batch_loss, iter([batch]))
+
+
+def resolved_precision(requested: str) -> str:
+    """``--precision`` as training would run it here (``auto`` → bf16 where native, else fp32)."""
+    import torch
+
+    from lora_repro.precision import resolve
+
+    return resolve(requested, torch.device("cpu")).name
 
 
 def time_interleaved(
@@ -365,7 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -398,6 +411,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print its table, write ``<results>/bench/train_step.json``."""
     args = parse_args(argv)
+    args.precision = resolved_precision(args.precision)
     if args.child:
         return _child(args)
     import torch

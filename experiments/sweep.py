@@ -25,14 +25,14 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lora_repro import runs
+from lora_repro import grids, runs
 
 # Set for each grid: experiments.train appends a JSON line per failed run, so that failures that
 # happen before a run directory exists (a conflict, a bad rank) are reported too.
 FAILURE_LOG_ENV = "LORA_REPRO_FAILURE_LOG"
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-PAPER = ["table5", "table6", "subspace", "seeds"]
+PAPER = list(grids.PAPER)
 # Launcher configs that hydra-submitit-launcher itself provides (a file of the same name in
 # conf/hydra/launcher/ would shadow it and recurse).
 PLUGIN_LAUNCHERS = {"submitit_local"}
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(f"== sweep {name}: {' '.join(cmd[1:])}", flush=True)
         rc = _call(cmd, env)
-        if rc in (-2, 130):  # Ctrl-C: stop here; finished runs are kept
+        if rc in (-2, 130) or rc > 128:  # Ctrl-C or a stop signal: finished runs are kept
             print(
                 "interrupted; finished runs are kept: rerun the same command to resume",
                 file=sys.stderr,
             )
-            return 130
+            return 130 if rc in (-2, 130) else rc
         if rc != 0:
             failed_grids.append(name)
 
@@ -140,11 +140,32 @@ def _bad(message: str) -> int:
     return 2
 
 
+class _Stopped(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
 def _call(cmd: list[str], env: dict[str, str]) -> int:
-    """Run one grid; on Ctrl-C let it mark its run failed (SIGINT, then kill after 30 s)."""
+    """Run one grid; pass Ctrl-C, SIGTERM and SIGUSR2 on to it, so its run is marked failed.
+
+    Returns the grid's exit status; 130 after Ctrl-C, 128 + N after signal N.
+    """
     proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):
+        raise _Stopped(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR2)}
     try:
         return proc.wait()
+    except _Stopped as e:
+        proc.send_signal(e.signum)  # the training process records "interrupted by signal N"
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return 128 + e.signum
     except KeyboardInterrupt:
         try:
             try:
@@ -156,6 +177,9 @@ def _call(cmd: list[str], env: dict[str, str]) -> int:
             proc.kill()
             proc.wait()
         return 130
+    finally:
+        for s, prev in previous.items():
+            signal.signal(s, prev)
 
 
 if __name__ == "__main__":

@@ -24,25 +24,15 @@ from omegaconf import DictConfig
 from experiments.sweep import FAILURE_LOG_ENV, results_dir
 from lora_repro import runs
 from lora_repro.config import RunConfig
+from lora_repro.errors import LoraReproError
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
 log = logging.getLogger("lora_repro")
 
-# Errors that mean "bad input": reported as one line, never as a traceback.
-USER_ERRORS = (
-    "ConfigError",
-    "TargetError",
-    "BudgetError",
-    "AdapterError",
-    "DataError",
-    "ModelLoadError",
-    "RunConflict",
-    "TrainingDiverged",
-)
-
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from lora_repro.lifecycle import Interrupted, exit_code
     from lora_repro.train import fit
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -51,9 +41,10 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         log.error("interrupted: the run is marked failed; rerun the same command to redo it")
         sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - reported below, the status file says failed
-        if type(e).__name__ not in USER_ERRORS:
-            raise
+    except Interrupted as e:
+        log.error("%s: the run is marked failed; rerun the same command to redo it", e)
+        sys.exit(exit_code(e.signum))
+    except LoraReproError as e:  # bad input: one line; the status file says failed
         if multirun:  # keep the sweep going; experiments.sweep reports failed runs at the end
             log.error("run failed: %s: %s", type(e).__name__, e)
             if os.environ.get(FAILURE_LOG_ENV):

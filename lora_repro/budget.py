@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from lora_repro.errors import LoraReproError
+
 AUTO_RANK = 8  # budget=auto: the parameter count of r=8 on Wq alone (paper Table 5)
 
 
-class BudgetError(ValueError):
+class BudgetError(LoraReproError, ValueError):
     """A budget that cannot give rank ≥ 1, or a malformed budget value."""
 
 

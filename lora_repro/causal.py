@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_repro.models import eval_mode
 from lora_repro.precision import autocast
 
 IGNORE = -100
@@ -282,24 +283,24 @@ def generate(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    was_training = model.training
-    model.eval()
-    out: list[str] = [""] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for s in range(0, len(order), batch_size):
-        b = order[s : s + batch_size]
-        L = max(len(prompts[i]) for i in b)
-        ids = torch.full((len(b), L), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(b), L), dtype=torch.long)
-        for j, i in enumerate(b):
-            p = prompts[i]
-            ids[j, L - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-            mask[j, L - len(p) :] = 1
-        with autocast(device, precision):
-            seqs = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
-            )
-        for j, i in enumerate(b):
-            out[i] = tokenizer.decode(seqs[j, L:], skip_special_tokens=True).strip()
-    model.train(was_training)
+    with eval_mode(model):
+        out: list[str] = [""] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for s in range(0, len(order), batch_size):
+            b = order[s : s + batch_size]
+            L = max(len(prompts[i]) for i in b)
+            ids = torch.full((len(b), L), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(b), L), dtype=torch.long)
+            for j, i in enumerate(b):
+                p = prompts[i]
+                ids[j, L - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+                mask[j, L - len(p) :] = 1
+            with autocast(device, precision):
+                seqs = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=gen_cfg,
+                )
+            for j, i in enumerate(b):
+                out[i] = tokenizer.decode(seqs[j, L:], skip_special_tokens=True).strip()
     return out

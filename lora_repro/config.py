@@ -16,8 +16,11 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from lora_repro.errors import LoraReproError
+from lora_repro.runs import WEIGHT_TYPES
 
-class ConfigError(ValueError):
+
+class ConfigError(LoraReproError, ValueError):
     """A config value that is out of range or inconsistent."""
 
 
@@ -93,6 +96,8 @@ class TrainConfig:
     max_steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
+    # 4e-3: over three seeds Wq alone at r = 2 (the slowest learner in 200 steps) reached 0.76-0.79
+    # validation accuracy, against 0.69-0.75 at 2e-3; no cell of the paper grid diverged.
     lr: float = 4e-3
     head_lr: float | None = None  # defaults to lr
     weight_decay: float = 0.0
@@ -145,6 +150,33 @@ NON_IDENTITY = {
     ("train", "device"),
 }
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def canonical_targets(targets: Any) -> list[str]:
+    """Weight types in q, k, v, o order, each once (other names of a custom map after, in order).
+
+    ``[v, q, q]`` and ``[q, v]`` are one run: the same matrices are adapted.
+    """
+    given = [str(t) for t in targets]
+    known = [t for t in WEIGHT_TYPES if t in given]
+    return known + list(dict.fromkeys(t for t in given if t not in WEIGHT_TYPES))
+
+
+def canonical_layers(layers: Any) -> list[int] | None:
+    """Layer indices sorted and each once; ``None`` (every layer) stays ``None``.
+
+    Raises:
+        ConfigError: an empty list or a negative index.
+    """
+    if layers is None:
+        return None
+    values = [int(i) for i in layers]
+    if not values or min(values) < 0:
+        raise ConfigError(
+            f"adapter.layers={values} is invalid: expected null (every layer) or a "
+            "non-empty list of layer indices >= 0"
+        )
+    return sorted(set(values))
 
 
 def validate(cfg: Any) -> None:
@@ -218,11 +250,7 @@ def _validate_run(cfg: Any) -> None:
         raise ConfigError(
             "adapter.targets is empty: give one or more of q, k, v, o, e.g. adapter.targets=[q,v]"
         )
-    if a.layers is not None and (len(a.layers) == 0 or min(a.layers) < 0):
-        raise ConfigError(
-            f"adapter.layers={list(a.layers)} is invalid: expected null (every layer) or a "
-            "non-empty list of layer indices >= 0"
-        )
+    canonical_layers(a.layers)
     for key in ("seed", "seed_init", "seed_data"):
         value = cfg.get(key)
         if value is not None and value < 0:

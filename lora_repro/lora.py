@@ -30,13 +30,15 @@ import torch
 from torch import nn
 
 from lora_repro import runs
+from lora_repro.config import AdapterConfig
+from lora_repro.errors import LoraReproError
 from lora_repro.targets import Target, check_weight_types, find_targets, num_layers
 
 INITS = ("gaussian", "kaiming_uniform", "gaussian_1_over_r")
 SCALINGS = ("standard", "rslora")
 
 
-class AdapterError(ValueError):
+class AdapterError(LoraReproError, ValueError):
     """An adapter file or config that does not fit the model or is malformed."""
 
 
@@ -51,8 +53,9 @@ class LoraConfig:
         targets: weight types to adapt, a subset of ``q, k, v, o``.
         dropout: dropout probability on the adapter's input x.
         init: A's initialisation; B is always zero.
-            ``gaussian`` (default, the paper's Gaussian): N(0, 1/(3k)), the std of the authors'
-            kaiming-uniform init, independent of r. ``kaiming_uniform``: U(−1/√k, 1/√k)
+            ``gaussian`` (default, the paper's Gaussian): N(0, 1/(3k)), i.e. variance 1/(3k) and
+            standard deviation 1/√(3k), those of the authors' kaiming-uniform init, independent
+            of r. ``kaiming_uniform``: U(−1/√k, 1/√k)
             (loralib / peft default). ``gaussian_1_over_r``: N(0, 1/r²), peft's "gaussian"
             (its scale depends on r; not recommended for §7 analyses).
         scaling: ``standard`` (α/r) or ``rslora`` (α/√r).
@@ -63,12 +66,13 @@ class LoraConfig:
         AdapterError: on a bad value (in ``__post_init__``).
     """
 
-    r: int = 8
-    alpha: float = 8.0
-    targets: Sequence[str] = ("q", "v")
-    dropout: float = 0.0
-    init: str = "gaussian"
-    scaling: str = "standard"
+    # The schema's defaults (lora_repro.config.AdapterConfig), their one definition.
+    r: int = AdapterConfig.r
+    alpha: float = AdapterConfig.alpha
+    targets: Sequence[str] = tuple(AdapterConfig().targets)
+    dropout: float = AdapterConfig.dropout
+    init: str = AdapterConfig.init
+    scaling: str = AdapterConfig.scaling
     layers: Sequence[int] | None = None
     target_modules: dict[str, str] | None = field(default=None)
 
@@ -96,6 +100,9 @@ class LoraConfig:
 
 def init_A(shape: tuple[int, int], init: str, generator: torch.Generator) -> torch.Tensor:
     """A fresh A (r, k) in float32 drawn with ``generator`` (paper §4.1: "random Gaussian").
+
+    ``gaussian``: entries with variance 1/(3k) (standard deviation 1/√(3k)), as U(−1/√k, 1/√k);
+    ``kaiming_uniform``: U(−1/√k, 1/√k); ``gaussian_1_over_r``: standard deviation 1/r.
 
     Raises:
         AdapterError: for an unknown ``init``.
@@ -515,7 +522,7 @@ def import_peft_adapter(
         alpha=alpha,
         scaling=alpha / (math.sqrt(r) if rslora else r),
         init="unknown (peft)",
-        targets=sorted({m.type for m in modules.values()}, key="qkvo".index),
+        targets=sorted({m.type for m in modules.values()}, key=runs.WEIGHT_TYPES.index),
         base_model=str(cfg.get("base_model_name_or_path")),
         modules=modules,
         A=A,

@@ -26,10 +26,12 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
+from lora_repro.errors import LoraReproError
+
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
-class MetricError(ValueError):
+class MetricError(LoraReproError, ValueError):
     """Unknown metric name, or predictions and references that do not line up."""
 
 

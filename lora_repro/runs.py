@@ -20,6 +20,8 @@ read results without importing model or training code.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -37,6 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 from safetensors.numpy import load_file, save_file
+
+from lora_repro.errors import DamagedFile, ResultsWriteError
 
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_INIT_FILE = "adapter_init.safetensors"
@@ -79,28 +83,55 @@ def _temp_in(folder: Path, name: str) -> tuple[int, str]:
     return fd, tmp
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into one line naming the path and the remedy.
+
+    Raises:
+        ResultsWriteError: (an ``OSError``) for permission, disk-full and other I/O failures.
+    """
+    try:
+        yield
+    except ResultsWriteError:
+        raise
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            todo = "free disk space there"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            todo = f"make {path.parent} writable by this user (or choose another paths.results)"
+        else:
+            todo = "check that folder"
+        raise ResultsWriteError(f"cannot write {path}: {why}; {todo}, then rerun") from e
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
-    Readers see either the old file, or the complete new one, never a partial file.
+    Readers see either the old file, or the complete new one, never a partial file; a write that
+    fails (a full disk mid-way) leaves the old file as it was.
 
     Returns:
         The path written.
+
+    Raises:
+        ResultsWriteError: the folder is not writable, the disk is full, ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_in(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_in(path.parent, path.name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
     return path
 
 
@@ -145,21 +176,23 @@ def atomic_save_safetensors(
 ) -> Path:
     """Atomically save numpy arrays as a safetensors file with string ``metadata`` in the header."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_in(path.parent, path.name)
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors recreates the file 0600
-        _sort_header(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_in(path.parent, path.name)
+        os.close(fd)
+        try:
+            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+            save_file(arrays, tmp, metadata=metadata)
+            os.chmod(tmp, 0o666 & ~_umask())  # safetensors recreates the file 0600
+            _sort_header(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
     return path
 
 
@@ -184,8 +217,12 @@ def _sort_header(path: str) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``path`` and flush it to disk (metrics log)."""
-    with open(path, "a", encoding="utf-8") as f:
+    """Append one JSON line to ``path`` and flush it to disk (metrics log).
+
+    Raises:
+        ResultsWriteError: the file cannot be written.
+    """
+    with writing(Path(path)), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -205,18 +242,63 @@ def _json_default(o: Any) -> Any:
 # Reading run directories
 # --------------------------------------------------------------------------------------------
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file."""
+    """Read a JSON file (any JSON value; run files go through :func:`read_object`)."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
+def read_object(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a run file that must hold one mapping: JSON (``.json``) or YAML (``.yaml``).
+
+    The one reader of status, summary, meta and config files: whatever is wrong with the file
+    comes back as one :class:`DamagedFile` naming it.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        DamagedFile: unreadable, not UTF-8, torn or not JSON/YAML, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise DamagedFile(path, f"unreadable ({e.strerror or e})") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DamagedFile(path, f"not valid UTF-8 (byte {e.start})") from e
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            obj = yaml.safe_load(text)
+        else:
+            obj = json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        what = "empty" if not text.strip() else f"torn or not {kind}"
+        raise DamagedFile(path, what) from e
+    if not isinstance(obj, dict):
+        raise DamagedFile(
+            path, f"holds {type(obj).__name__ if obj is not None else 'null'}, not an object"
+        )
+    return obj
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a torn last line (killed writer) is ignored."""
+    """Read a JSON-lines file; a torn last line (killed writer) is ignored.
+
+    Raises:
+        DamagedFile: the file is not UTF-8.
+    """
     out = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DamagedFile(p, f"not valid UTF-8 (byte {e.start})") from e
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
@@ -228,20 +310,67 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The resolved config of a run (``config.yaml``) as a plain dict."""
-    with open(Path(run_dir) / CONFIG_FILE, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """The resolved config of a run (``config.yaml``) as a plain dict.
+
+    Raises:
+        FileNotFoundError, DamagedFile: see :func:`read_object`.
+    """
+    return read_object(Path(run_dir) / CONFIG_FILE)
 
 
 def run_status(run_dir: str | os.PathLike) -> str | None:
-    """``"running"``, ``"success"``, ``"failed"``, or ``None`` when no status was written."""
-    p = Path(run_dir) / STATUS_FILE
-    if not p.exists():
-        return None
+    """``"running"``, ``"success"``, ``"failed"``, or ``None`` when no status was written.
+
+    Raises:
+        DamagedFile: status.json is unreadable, torn or not an object.
+    """
     try:
-        return read_json(p).get("status")
-    except (json.JSONDecodeError, OSError):
+        return read_object(Path(run_dir) / STATUS_FILE).get("status")
+    except FileNotFoundError:
         return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds: its status, and the first damaged file if one is.
+
+    Attributes:
+        status: ``"running"``, ``"success"``, ``"failed"`` or ``None`` (no status file).
+        problem: the damaged file, ``None`` when every file read was sound.
+    """
+
+    status: str | None
+    problem: DamagedFile | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Finished, and its config, summary and adapter (when present) read soundly."""
+        return self.status == "success" and self.problem is None
+
+
+def run_state(run_dir: str | os.PathLike) -> RunState:
+    """Read a run's status and, for a finished run, check the files the analysis reads.
+
+    Never raises for a damaged file: it is returned in :attr:`RunState.problem`.
+    """
+    run_dir = Path(run_dir)
+    try:
+        status = run_status(run_dir)
+    except DamagedFile as e:
+        return RunState(None, e)
+    if status != "success":
+        return RunState(status)
+    try:
+        read_config(run_dir)
+        read_object(run_dir / SUMMARY_FILE)
+        for name in (ADAPTER_FILE, ADAPTER_INIT_FILE):
+            if (run_dir / name).exists():
+                _read_metadata(run_dir / name)
+    except FileNotFoundError as e:
+        return RunState(status, DamagedFile(Path(e.filename or run_dir), "missing"))
+    except DamagedFile as e:
+        return RunState(status, e)
+    return RunState(status)
 
 
 def pid_alive(pid: int) -> bool:
@@ -272,8 +401,8 @@ def live_trainer(run_dir: str | os.PathLike) -> int | None:
     """
     p = Path(run_dir) / STATUS_FILE
     try:
-        status = read_json(p)
-    except (json.JSONDecodeError, OSError):
+        status = read_object(p)
+    except (FileNotFoundError, DamagedFile):
         return None
     pid = status.get("pid")
     if status.get("status") != "running" or not isinstance(pid, int):
@@ -322,23 +451,38 @@ def results_write_problem(results: str | os.PathLike) -> str | None:
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when the run's ``status.json`` says success (the only mark of a complete run)."""
-    return run_status(run_dir) == "success"
+    """True when ``status.json`` says success and the run's files are sound (:func:`run_state`)."""
+    return run_state(run_dir).usable
 
 
-def find_runs(results: str | os.PathLike, finished_only: bool = True) -> list[Path]:
+def find_runs(
+    results: str | os.PathLike,
+    finished_only: bool = True,
+    damaged: list[DamagedFile] | None = None,
+) -> list[Path]:
     """All run directories below ``results`` (folders holding a ``config.yaml``), sorted.
 
     Args:
         results: a results folder (``paths.results``).
-        finished_only: keep only runs whose status is success.
+        finished_only: keep only finished runs whose files are sound.
+        damaged: when given, each finished-looking run left out for a damaged file is appended
+            (as the :class:`DamagedFile`), so the caller can name it.
     """
     root = Path(results)
     if not root.exists():
         return []
-    runs = sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith("."))
-    runs = [r for r in runs if ".hydra" not in r.parts and (r / META_FILE).exists()]
-    return [r for r in runs if is_finished(r)] if finished_only else runs
+    found = sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith("."))
+    found = [r for r in found if ".hydra" not in r.parts and (r / META_FILE).exists()]
+    if not finished_only:
+        return found
+    out = []
+    for run in found:
+        state = run_state(run)
+        if state.usable:
+            out.append(run)
+        elif state.problem is not None and damaged is not None:
+            damaged.append(state.problem)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,10 +632,21 @@ def _split_factor_key(name: str) -> tuple[str, str]:
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+    """The header metadata of a safetensors file (checks that the file is complete).
 
-    with safe_open(str(path), framework="numpy") as f:
-        return dict(f.metadata() or {})
+    Raises:
+        FileNotFoundError: no such file.
+        DamagedFile: torn, truncated or not a safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).exists():
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise DamagedFile(path, f"not a complete safetensors file ({e})") from e
 
 
 def load_adapter(path: str | os.PathLike) -> Adapter:
@@ -501,20 +656,15 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
 
     Raises:
         FileNotFoundError: when there is no adapter file at ``path``.
-        ValueError: when the file is not a lora-repro adapter (use
+        DamagedFile: (a ``ValueError``) the file is torn or not a safetensors file.
+        ValueError: when the file is a safetensors file but not a lora-repro adapter (use
             :func:`lora_repro.lora.import_peft_adapter` for peft directories).
     """
     path = Path(path)
     file = path / ADAPTER_FILE if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"no adapter file at {file}; is this a finished run directory?")
-    try:
-        md = _read_metadata(file)
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
-        raise ValueError(
-            f"{file} is not a lora-repro adapter (not a readable safetensors file: {e}); "
-            "read a peft adapter folder with lora_repro.lora.import_peft_adapter(DIR)"
-        ) from e
+    md = _read_metadata(file)
     if md.get("format") != ADAPTER_FORMAT:
         raise ValueError(
             f"{file} is not a lora-repro adapter (header format={md.get('format')!r}); "
@@ -601,9 +751,14 @@ def load_base_weights(
     return dict(load_file(str(path))), modules
 
 
-def iter_finished(results: str | os.PathLike) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Yield ``(run_dir, config)`` for every finished run below ``results``."""
-    for run in find_runs(results):
+def iter_finished(
+    results: str | os.PathLike, damaged: list[DamagedFile] | None = None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Yield ``(run_dir, config)`` for every usable finished run below ``results``.
+
+    Runs with a damaged file are skipped and, when ``damaged`` is given, appended to it.
+    """
+    for run in find_runs(results, damaged=damaged):
         yield run, read_config(run)
 
 

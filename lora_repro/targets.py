@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-WEIGHT_TYPES = ("q", "k", "v", "o")
+from lora_repro.config import canonical_layers
+from lora_repro.errors import LoraReproError
+from lora_repro.runs import WEIGHT_TYPES
 
 # family -> weight type -> regex on the full module name; group 1 is the layer index.
 # A fused entry is ("fused-gpt2" | "fused-neox", regex): the module holds q, k and v.
@@ -111,7 +113,7 @@ class Target:
         return f"{self.module}.{self.type}" if self.fused else self.module
 
 
-class TargetError(ValueError):
+class TargetError(LoraReproError, ValueError):
     """A weight type, architecture or layer selection that cannot be mapped onto the model."""
 
 
@@ -206,7 +208,7 @@ def find_targets(
     Args:
         model: a transformers model (or any module with ``config.model_type``).
         types: weight types, a non-empty subset of ``("q", "k", "v", "o")``.
-        layers: block indices to adapt (negative counts from the end); ``None`` for all.
+        layers: block indices (>= 0) to adapt; ``None`` for all.
         target_modules: optional ``type -> regex`` mapping (group 1 = layer index) that replaces
             the built-in family map, for architectures it does not know.
 
@@ -264,14 +266,12 @@ def find_targets(
             )
     n_layers = 1 + max(t.layer for t in found)
     if layers is not None:
-        wanted = set()
-        for i in layers:
-            j = i + n_layers if i < 0 else i
-            if not 0 <= j < n_layers:
+        wanted = canonical_layers(layers)
+        for i in wanted:
+            if i >= n_layers:
                 raise TargetError(
                     f"layer {i} out of range: the model has {n_layers} blocks (0..{n_layers - 1})"
                 )
-            wanted.add(j)
         found = [t for t in found if t.layer in wanted]
     order = {t: i for i, t in enumerate(WEIGHT_TYPES)}
     return sorted(found, key=lambda t: (t.layer, order[t.type]))

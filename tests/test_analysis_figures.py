@@ -323,3 +323,24 @@ def test_committed_outputs_are_byte_stable_under_last_digit_noise(tmp_path, monk
     assert main(["--results", str(res), "--formats", "png"]) == 0
     for rel in ("tables/table7.csv", "figures/summary.json", "figures/summary.md"):
         assert (res / rel).read_bytes() == (committed / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        (runs_io.ADAPTER_FILE, b"\x10\x00\x00\x00\x00\x00\x00\x00{torn"),
+        (runs_io.STATUS_FILE, b"[1, 2]"),
+        (runs_io.SUMMARY_FILE, b"\xff\xfe not utf-8"),
+    ],
+)
+def test_a_damaged_run_is_named_and_skipped_while_the_rest_is_drawn(tmp_path, capsys, name, data):
+    """Figure 4 and Table 7 do not need the seed-1 run: they are drawn; the build exits 1."""
+    results = make_results(tmp_path)
+    damaged = results / "runs/rotten_tomatoes/minilm/q_v-r32-a8/seed1" / name
+    damaged.write_bytes(data)
+    assert main(["--results", str(results), "--formats", "png", *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped (damaged, retrained by the next sweep): {damaged}: " in err
+    assert "Traceback" not in err and "peft" not in err
+    s = json.loads((results / "figures" / "summary.json").read_text())
+    assert set(s["table7"]) == {"4", "8", "32"} and "ranks" in s["phi11"]

@@ -165,7 +165,8 @@ def test_gguf_is_dequantised_once_then_loaded_from_the_cache(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_smollm2_lora_run_writes_a_complete_run_directory(results):
-    from lora_repro.train import fit, run_dir_for
+    from lora_repro.lifecycle import run_dir_for
+    from lora_repro.train import fit
 
     cfg = compose(
         "model=smollm2",

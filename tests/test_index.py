@@ -286,3 +286,25 @@ def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys,
     assert err.startswith("error: ") and str(path) in err and "make sweep" in err
     assert ("does not exist" if kind == "missing" else "not a folder") in err
     assert sorted(tmp_path.iterdir()) == ([path] if kind == "file" else [])  # nothing created
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "why"),
+    [
+        ("status.json", b"\xff\xfe", "not valid UTF-8"),
+        ("status.json", b"[1, 2]", "holds list, not an object"),
+        ("status.json", b"null", "holds null"),
+        ("status.json", b'{"status": "succ', "torn or not JSON"),
+        ("summary.json", b'{"val_accuracy": 0.', "torn or not JSON"),
+        ("config.yaml", b"\xff", "not valid UTF-8"),
+    ],
+)
+def test_a_damaged_run_is_named_and_the_others_are_indexed(results, capsys, name, data, why):
+    bad = results / "runs/toy/tiny/q_v-r4-a8/seed0"
+    (bad / name).write_bytes(data)
+    assert main(["--results", str(results)]) == 0
+    captured = capsys.readouterr()
+    assert f"not usable (damaged: {bad / name}: {why}" in captured.err
+    assert "Traceback" not in captured.err
+    index = pd.read_parquet(results / "index.parquet")
+    assert len(index) == 4 and "q,v" not in set(index[index["r"] == 4]["targets"])

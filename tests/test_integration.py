@@ -172,3 +172,23 @@ def test_submitit_local_launcher_runs_a_grid(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert [d.name for d in runs.find_runs(res)] == ["seed0", "seed1"]
     assert list(pd.read_parquet(res / "index.parquet")["seed"]) == [0, 1]
+
+
+def test_sigterm_to_a_sweep_reaches_its_training_run(tmp_path):
+    """kill <sweep pid> (not its process group): the run it was training says it failed."""
+    res = tmp_path / "res"
+    cmd = [sys.executable, "-m", "experiments.sweep", "--sweep", "seeds", f"paths.results={res}"]
+    proc = subprocess.Popen(
+        [*cmd, *SMALL[1:], "train.max_steps=100000"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run_dir = res / "runs" / "rotten_tomatoes" / "minilm" / "q_v-r64-a8" / "seed0"
+    deadline = time.time() + 300
+    while not (run_dir / "meta.json").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    status = runs.read_object(run_dir / "status.json")
+    assert status["status"] == "failed" and status["error"].startswith("interrupted by signal 15")

