@@ -55,8 +55,9 @@ sweep: setup
 collect: setup
 	$(BIN)/python -m analysis.index --results $(RESULTS)
 
-# Every table and figure rebuilt from saved results; never trains.
+# Every table, figure and the claims report rebuilt from saved results; never trains.
 figures: collect
+	$(BIN)/python -m analysis.claims --results $(RESULTS)
 	$(BIN)/python -m analysis.figures --results $(RESULTS)
 
 bench: setup

@@ -1,4 +1,4 @@
-"""Benchmarks of issue 7: scripts that print ratios measured in one run, never timed assertions.
+"""Benchmarks: scripts that print ratios measured in one run, never timed assertions.
 
 Each script writes one JSON file to ``<results>/bench/`` (atomically) and prints a small table:
 

@@ -1,4 +1,4 @@
-"""Benchmark 2 (issue 7): the subspace analysis at GPT-3's shape (d = k = 12288, r = 64).
+"""Benchmark 2: the subspace analysis at GPT-3's shape (d = k = 12288, r = 64).
 
     python -m bench.analysis_scale --results results [--dense-sizes 1024,2048] [--dense-full]
 

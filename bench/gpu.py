@@ -1,4 +1,4 @@
-"""Benchmark 4 (issue 7): bf16 LoRA training throughput on a GPU and its share of peak.
+"""Benchmark 4: bf16 LoRA training throughput on a GPU and its share of peak.
 
     python -m bench.gpu --results results [--models minilm,smollm2 --batch-sizes 32,256]
 

@@ -1,4 +1,4 @@
-"""Run the benchmarks of issue 7 with quick defaults and print their tables (``make bench``).
+"""Run the benchmarks with quick defaults and print their tables (``make bench``).
 
     python -m bench.run_all --results results [--only train_step,analysis_scale]
     python -m bench.run_all --results /tmp/r --train-args "--reps 9" --analysis-args "--layers 96"

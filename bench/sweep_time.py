@@ -1,4 +1,4 @@
-"""Benchmark 3 (issue 7): wall time of the default sweep and where each run's time goes.
+"""Benchmark 3: wall time of the default sweep and where each run's time goes.
 
     python -m bench.sweep_time --results results                # read the runs already there
     python -m bench.sweep_time --results results --run          # time `make sweep` end to end

@@ -1,4 +1,4 @@
-"""Benchmark 1 (issue 7): one training step on the embedded default, four ways.
+"""Benchmark 1: one training step on the embedded default, four ways.
 
     python -m bench.train_step --results results [--reps 5 --steps 6 --threads 2 --profile]
     python -m bench.train_step --results results --threads 1 --clock cpu   # on a busy machine

@@ -5,8 +5,8 @@ For a frozen pretrained weight W0 (d×k) the adapted layer computes (Eq. 3)
     h = W0·x + s · B·A·dropout(x),   A: (r, k),  B: (d, r),  s = α / r  (rsLoRA: α / √r),
 
 with B = 0 at start, so the adapted model equals the base model at initialisation, and A random
-with a scale that does **not** depend on r (see ``init`` below and ../shared/pilot-findings.md: with
-α fixed across ranks, an A whose scale shrinks with r hides the effects of §7).
+with a scale that does **not** depend on r (see ``init`` below: with α fixed across ranks, an A
+whose scale shrinks with r stays mostly its random start, which hides the effects of §7).
 
 Fused q|k|v projections (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``) get one adapter per
 adapted slice, each with its own A (r×k) and B (d×r), so Wq alone, Wv alone or any subset can be

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark scripts (issue 7): each runs with tiny settings and writes valid
+"""Smoke tests of the benchmark scripts: each runs with tiny settings and writes valid
 JSON. No timing is asserted: benchmarks print ratios, tests only check that they can."""
 
 from __future__ import annotations
