@@ -954,9 +954,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from lora_repro.errors import LoraReproError
+
     claims, problems = report(args.results, args.task, args.model, args.group)
     header = f"{args.model} / {args.task}"
-    write_report(claims, args.results, header)
+    try:
+        write_report(claims, args.results, header)
+    except LoraReproError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     c = counts(claims)
     print(f"claims ({header}): {c['holds']} hold, {c['fails']} fail, "
           f"{c['inconclusive']} inconclusive -> {Path(args.results) / 'claims.md'}")  # fmt: skip

@@ -34,6 +34,7 @@ from analysis.tables import is_missing, paper_values, write_table
 from lora_repro import grids, runs
 from lora_repro.budget import auto_budget, rank_for_budget
 from lora_repro.config import NON_IDENTITY
+from lora_repro.errors import LoraReproError
 
 PAPER = paper_values()
 # The cells of Tables 5 and 6: their grids' definitions (conf/sweep/table5.yaml, table6.yaml).
@@ -466,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    out = collect(args.results, args.budget)
+    try:
+        out = collect(args.results, args.budget)
+    except LoraReproError as e:  # a results file that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     n = len(out["index"])
     print(f"collected {n} finished run(s) into {Path(args.results) / 'index.parquet'}")
     for name in ("table5", "table6"):

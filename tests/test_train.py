@@ -82,6 +82,10 @@ def test_rerun_is_a_noop_and_conflicts_are_refused(results):
     assert s2 == s1 and (run_dir / "adapter.safetensors").stat().st_mtime_ns == mtime
     with pytest.raises(RunConflict, match=r"train.lr: 0.004 \(saved\) vs 0.001 \(now\)"):
         _fit(results, "train.lr=1e-3")
+    # the same run in another spelling, precision or thread count: skipped, not a conflict
+    _, s3, _ = _fit(results, "adapter.targets=[v,q,q]", "train.precision=fp32", "train.threads=1")
+    assert s3 == s1 and (run_dir / "adapter.safetensors").stat().st_mtime_ns == mtime
+    assert runs.read_config(run_dir)["adapter"]["targets"] == ["q", "v"]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from analysis.figures.build import Options, Report, build_all
 from analysis.subspace import VIEWS
+from lora_repro.errors import LoraReproError
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             formats=tuple(f for f in args.formats.split(",") if f),
         )
         report = build_all(opts)
-    except ValueError as e:
+    except (ValueError, LoraReproError) as e:  # bad options, or a file that cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_report(report, opts)
