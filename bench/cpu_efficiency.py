@@ -46,11 +46,10 @@ def main(argv=None) -> int:
     import experiments.train  # noqa: F401  (registers the config schema)
     from lora_repro import grids
     from lora_repro.data import length_grouped_batches
-    from lora_repro.lora import inject_lora, lora_parameters
-    from lora_repro.models import head_modules, reset_head
+    from lora_repro.lora import lora_parameters
     from lora_repro.precision import cpu_info, resolve
     from lora_repro.tracks import make_track
-    from lora_repro.train import make_trainee, prepare, step
+    from lora_repro.train import attach, make_trainee, prepare, step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,13 +57,7 @@ def main(argv=None) -> int:
         cfg = compose(config_name="train", overrides=["train.progress=false"])
     prep = prepare(cfg)
     model = prep.loaded.model
-    gen = torch.Generator().manual_seed(0)
-    inject_lora(model, prep.lora, gen, prep.targets)
-    head = head_modules(model)
-    reset_head(head, gen)
-    head_params = [q for m in head.values() for q in m.parameters()]
-    for q in head_params:
-        q.requires_grad_(True)
+    head_params = attach(model, prep, seed_init=0)
     cpu = torch.device("cpu")
     prec = resolve(cfg.train.precision, cpu)
     track = make_track(cfg, prep.data, prep.loaded.tokenizer, cpu, prec.name)

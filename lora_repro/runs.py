@@ -105,6 +105,24 @@ def writing(path: Path) -> Iterator[None]:
         raise ResultsWriteError(f"cannot write {path}: {why}; {todo}, then rerun") from e
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """Yield a temp file beside ``path``; on success it replaces ``path`` (then the folder is
+    fsynced), on any error it is removed and ``path`` is left as it was."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_in(path.parent, path.name)
+        os.close(fd)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
@@ -118,20 +136,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         ResultsWriteError: the folder is not writable, the disk is full, ...
     """
     path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_in(path.parent, path.name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -176,23 +184,13 @@ def atomic_save_safetensors(
 ) -> Path:
     """Atomically save numpy arrays as a safetensors file with string ``metadata`` in the header."""
     path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_in(path.parent, path.name)
-        os.close(fd)
-        try:
-            arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-            save_file(arrays, tmp, metadata=metadata)
-            os.chmod(tmp, 0o666 & ~_umask())  # safetensors recreates the file 0600
-            _sort_header(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+    with _replacing(path) as tmp:
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        save_file(arrays, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors recreates the file 0600
+        _sort_header(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     return path
 
 

@@ -337,6 +337,19 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch.nn.Parameter]:
+    """Inject LoRA into ``prep.targets`` (A drawn from ``seed_init``, B zero) and re-draw the
+    task head from the same generator; returns the head's parameters, now trainable."""
+    g_init = torch.Generator().manual_seed(seed_init)
+    inject_lora(model, prep.lora, g_init, prep.targets)
+    head = head_modules(model)
+    reset_head(head, g_init)
+    head_params = [p for m in head.values() for p in m.parameters()]
+    for p in head_params:
+        p.requires_grad_(True)
+    return head_params
+
+
 def _save_base_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
     """Pretrained W for the analysis (Table 7): once per model, all four types (those of a
     custom adapter.target_modules map)."""
@@ -379,13 +392,7 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
     model, tok = prep.loaded.model, prep.loaded.tokenizer
     _save_base_weights(cfg, model)
 
-    g_init = torch.Generator().manual_seed(seed_init)
-    inject_lora(model, prep.lora, g_init, prep.targets)
-    head = head_modules(model)
-    reset_head(head, g_init)
-    head_params = [p for m in head.values() for p in m.parameters()]
-    for p in head_params:
-        p.requires_grad_(True)
+    head_params = attach(model, prep, seed_init)
     A_init, _ = lora_state(model)
     runs.atomic_save_safetensors(
         {f"{k}.lora_A.weight": v for k, v in A_init.items()},

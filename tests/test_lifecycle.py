@@ -242,7 +242,7 @@ def test_a_full_disk_mid_write_leaves_the_previous_file_intact(tmp_path, monkeyp
     path = tmp_path / "summary.json"
     runs.atomic_write_json(path, {"val_accuracy": 0.8})
     before = path.read_bytes()
-    real_fdopen = os.fdopen
+    real_open = open
 
     class Full:
         def __init__(self, f):
@@ -258,7 +258,7 @@ def test_a_full_disk_mid_write_leaves_the_previous_file_intact(tmp_path, monkeyp
             self.f.write(data[: len(data) // 2])  # half of it lands, then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(runs, "open", lambda p, mode="r": Full(real_open(p, mode)), raising=False)
     with pytest.raises(ResultsWriteError, match="No space left on device; free disk space"):
         runs.atomic_write_json(path, {"val_accuracy": 0.9, "more": "x" * 1000})
     assert path.read_bytes() == before

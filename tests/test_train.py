@@ -119,8 +119,9 @@ def test_budget_sets_the_rank(results, caplog):
 
 @pytest.mark.slow
 def test_nan_loss_fails_the_run(results):
-    with pytest.raises(TrainingDiverged, match="lower train.lr"):
+    with pytest.raises(TrainingDiverged, match="lower train.lr") as e:
         _fit(results, "train.lr=1e12", "train.precision=fp32", "train.max_steps=20")
+    assert "train.precision=fp32" not in str(e.value)  # no advice to use what it already used
     (run_dir,) = runs.find_runs(results, finished_only=False)
     status = runs.read_json(run_dir / "status.json")
     assert status["status"] == "failed" and "TrainingDiverged" in status["error"]
@@ -241,3 +242,25 @@ def test_killed_run_is_not_finished_and_a_rerun_completes(results):
     assert runs.is_finished(run_dir)
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
     assert OmegaConf.load(run_dir / "config.yaml").train.max_steps == 3
+
+
+@pytest.mark.parametrize(("precision", "hint"), [("fp32", False), ("bf16", True)])
+def test_divergence_hint_names_fp32_only_to_a_run_that_did_not_use_it(precision, hint):
+    import torch
+    from omegaconf import OmegaConf
+
+    from lora_repro.train import loop, make_trainee
+
+    tc = OmegaConf.create(
+        {"max_steps": 3, "lr": 1.0, "weight_decay": 0.0, "warmup_ratio": 0.0, "grad_accum": 1,
+         "max_grad_norm": None, "eval_every": 10, "progress": False}
+    )  # fmt: skip
+    model = torch.nn.Linear(2, 1)
+    t = make_trainee(model, [(list(model.parameters()), 1.0)], tc, precision)
+
+    def nan_loss(m, batch):
+        return m(torch.ones(1, 2)).sum() * float("nan")
+
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 1") as e:
+        loop(t, nan_loss, iter(range(10)), tc, lambda *a: None, precision)
+    assert ("use train.precision=fp32" in str(e.value)) == hint
