@@ -877,6 +877,11 @@ def report(results, task: str = "rotten_tomatoes", model: str = "minilm", group:
                                                 "q,k": 4, "q,v": 4, "q,k,v,o": 2}  # fmt: skip
     data, problems = gather(results, task, model, group=group)
     from analysis.tables import paper_values
+    from lora_repro import runs
+
+    damaged: list = []
+    runs.find_runs(results, damaged=damaged)
+    problems = [f"skipped (damaged, retrained by the next sweep): {d}" for d in damaged] + problems
 
     layers = sorted(data.phi_ranks.get("q", {})) if data else []
     claims = build_claims(
@@ -887,8 +892,11 @@ def report(results, task: str = "rotten_tomatoes", model: str = "minilm", group:
     return claims, problems
 
 
-def write_report(claims: Sequence[Claim], out_dir, header: str) -> list[Path]:
-    """Atomically write ``claims.json`` (``{"claims": [...]}``) and ``claims.md``."""
+def write_report(
+    claims: Sequence[Claim], out_dir, header: str, skipped: Sequence[str] = ()
+) -> list[Path]:
+    """Atomically write ``claims.json`` (``{"claims": [...]}``) and ``claims.md``; ``skipped``
+    lines (damaged runs left out) are listed in both."""
     from lora_repro.runs import atomic_write_json, atomic_write_text, rounded
 
     out = Path(out_dir)
@@ -905,6 +913,8 @@ def write_report(claims: Sequence[Claim], out_dir, header: str) -> list[Path]:
         },  # fmt: skip
         "claims": [cl.record() for cl in claims],
     }
+    if skipped:
+        payload["skipped"] = list(skipped)
     table = claims_frame(claims).to_markdown(index=False, tablefmt="github", disable_numparse=True)
     md = (
         f"**Section 7's claims on {header}**\n\n"
@@ -915,6 +925,8 @@ def write_report(claims: Sequence[Claim], out_dir, header: str) -> list[Path]:
         f"with 80% power at the observed spread. Built by `make figures` (analysis/claims.py).\n\n"
         + table
         + "\n"
+        + "".join(f"\n- {line}" for line in skipped)
+        + ("\n" if skipped else "")
     )
     return [
         atomic_write_json(out / "claims.json", rounded(payload)),
@@ -937,7 +949,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analysis.claims --results results``: write results/claims.{md,json}.
 
     Returns:
-        0, or 2 when ``--results`` is not a results folder.
+        0; 1 when damaged runs were left out (each is listed); 2 when ``--results`` is not a
+        results folder or the report cannot be written.
     """
     import argparse
     import sys
@@ -958,8 +971,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     claims, problems = report(args.results, args.task, args.model, args.group)
     header = f"{args.model} / {args.task}"
+    skipped = [line for line in problems if line.startswith("skipped")]
     try:
-        write_report(claims, args.results, header)
+        write_report(claims, args.results, header, skipped)
     except LoraReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -968,8 +982,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{c['inconclusive']} inconclusive -> {Path(args.results) / 'claims.md'}")  # fmt: skip
     print(screen(claims))
     for line in problems:
-        print(f"  note: {line}", file=sys.stderr)
-    return 0
+        print(f"  {line}" if line in skipped else f"  note: {line}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import platform
 import time
@@ -38,8 +37,6 @@ from pathlib import Path
 import torch
 
 from lora_repro.errors import LoraReproError
-
-log = logging.getLogger("lora_repro")
 
 CHOICES = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -319,7 +316,6 @@ def resolve(requested: str, device: torch.device, info: CpuInfo | None = None) -
                 f"took {timing['slowdown']}x the fp32 time here; train.precision=auto picks fp32"
             )
             warnings.warn(msg, stacklevel=2)
-            log.warning(msg)
-        return Precision("bf16", requested, f"set by train.precision ({why})", timing)
+        return Precision("bf16", requested, f"set by train.precision; {why}", timing)
     name = "bf16" if native else "fp32"
     return Precision(name, requested, f"{'native' if native else 'no native'} bf16: {why}", timing)

@@ -361,6 +361,7 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
     try:
         read_config(run_dir)
         read_object(run_dir / SUMMARY_FILE)
+        read_object(run_dir / META_FILE)
         for name in (ADAPTER_FILE, ADAPTER_INIT_FILE):
             if (run_dir / name).exists():
                 _read_metadata(run_dir / name)
@@ -470,7 +471,13 @@ def find_runs(
     if not root.exists():
         return []
     found = sorted(p.parent for p in root.rglob(CONFIG_FILE) if not p.parent.name.startswith("."))
-    found = [r for r in found if ".hydra" not in r.parts and (r / META_FILE).exists()]
+    # a run directory has a meta.json or a status.json (a run killed before its meta.json was
+    # written has the status); other folders with a config.yaml are not runs
+    found = [
+        r
+        for r in found
+        if ".hydra" not in r.parts and ((r / META_FILE).exists() or (r / STATUS_FILE).exists())
+    ]
     if not finished_only:
         return found
     out = []

@@ -146,6 +146,8 @@ def _canonicalize(cfg: DictConfig) -> None:
     """Put adapter.targets and adapter.layers in canonical form, with a warning if they change."""
     a = cfg.adapter
     targets, layers = canonical_targets(a.targets), canonical_layers(a.layers)
+    if not a.target_modules and set(targets) - set(runs.WEIGHT_TYPES):
+        return  # an unknown type: prepare() refuses it with the list of known ones
     if targets != list(a.targets):
         log.warning(
             "adapter.targets=[%s] is trained as [%s] (q, k, v, o order, each once)",

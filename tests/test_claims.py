@@ -205,3 +205,25 @@ def test_readme_shows_the_committed_claims_table():
     block = re.search(r"<!-- claims:start -->\n(.*?)<!-- claims:end -->", readme, re.S)
     assert block, "README has no claims block"
     assert block.group(1) == C.readme_block(payload)
+
+
+def test_the_cli_lists_damaged_runs_and_exits_1(tmp_path, capsys):
+    from fixtures_analysis import make_results
+
+    from lora_repro import runs
+
+    results = make_results(tmp_path)
+    for cfg_path in results.glob("runs/**/config.yaml"):  # what the index reads of a real run
+        cfg = runs.read_object(cfg_path)
+        cfg["adapter"]["scaling"] = "standard"
+        cfg["train"] = {"lr": 4e-3, "max_steps": 3}
+        runs.atomic_write_yaml(cfg_path, cfg)
+    assert C.main(["--results", str(results)]) == 0
+    damaged = results / "runs/rotten_tomatoes/minilm/q_v-r8-a8/seed0/meta.json"
+    damaged.write_bytes(b"[1, 2]")
+    assert C.main(["--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped (damaged, retrained by the next sweep): {damaged}: holds list" in err
+    payload = json.loads((results / "claims.json").read_text(encoding="utf-8"))
+    assert any(str(damaged) in line for line in payload["skipped"])
+    assert str(damaged) in (results / "claims.md").read_text(encoding="utf-8")

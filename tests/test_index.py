@@ -297,6 +297,7 @@ def test_a_results_path_that_is_not_a_folder_is_one_clear_line(tmp_path, capsys,
         ("status.json", b'{"status": "succ', "torn or not JSON"),
         ("summary.json", b'{"val_accuracy": 0.', "torn or not JSON"),
         ("config.yaml", b"\xff", "not valid UTF-8"),
+        ("meta.json", b"null", "holds null"),
     ],
 )
 def test_a_damaged_run_is_named_and_the_others_are_indexed(results, capsys, name, data, why):

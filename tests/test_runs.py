@@ -116,14 +116,15 @@ def test_find_runs_lists_only_successful_runs(tmp_path):
     running = _run(tmp_path, "s/t/m/q-r8/seed2", "running")
     failed = _run(tmp_path, "s/t/m/q-r8/seed3", "failed")
     no_status = _run(tmp_path, "s/t/m/q-r8/seed4", None)
-    _run(tmp_path, "s/t/m/q-r8/seed5", "success", meta=False)  # not a run dir (no meta.json)
+    lost_meta = _run(tmp_path, "s/t/m/q-r8/seed5", "success", meta=False)  # meta.json deleted
+    _run(tmp_path, "s/t/m/q-r8/seed7", None, meta=False)  # a config.yaml alone: not a run dir
     _run(tmp_path, "s/t/m/q-r8/seed0/.hydra", "success")  # Hydra's own config folder
     torn = _run(tmp_path, "s/t/m/q-r8/seed6", None)
     (torn / runs.STATUS_FILE).write_text('{"status": "succ', encoding="utf-8")
 
     assert runs.find_runs(tmp_path) == sorted([ok1, ok2])
     assert runs.find_runs(tmp_path, finished_only=False) == sorted(
-        [ok1, ok2, running, failed, no_status, torn]
+        [ok1, ok2, running, failed, no_status, torn, lost_meta]
     )
     assert [runs.run_status(d) for d in (ok1, running, failed, no_status)] == [
         "success",
@@ -135,7 +136,9 @@ def test_find_runs_lists_only_successful_runs(tmp_path):
         runs.run_status(torn)  # reported as damaged, never as "no status"
     damaged = []
     assert runs.find_runs(tmp_path, damaged=damaged) == sorted([ok1, ok2])
-    assert [d.path for d in damaged] == [torn / runs.STATUS_FILE]  # named, not silently dropped
+    assert sorted(str(d.path) for d in damaged) == sorted(  # named, not silently dropped
+        [str(lost_meta / runs.META_FILE), str(torn / runs.STATUS_FILE)]
+    )
     assert runs.is_finished(ok1) and not runs.is_finished(running)
     assert [(d, c["name"]) for d, c in runs.iter_finished(tmp_path)] == [
         (ok2, "s/t/m/q-r8/seed1"),
