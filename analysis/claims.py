@@ -868,19 +868,19 @@ def report(results, task: str = "rotten_tomatoes", model: str = "minilm", group:
     """
     from analysis import index as idx
 
-    index = idx.build_index(results)
+    damaged: list = []
+    index = idx.build_index(results, damaged)
     if not index.empty:
         index = index[(index["task"] == task) & (index["model"] == model)]
         if "group" in index:
             index = index[index["group"] == group]
-    ranks = idx.budget_ranks(results, model) or {"q": 8, "k": 8, "v": 8, "o": 8,
-                                                "q,k": 4, "q,v": 4, "q,k,v,o": 2}  # fmt: skip
-    data, problems = gather(results, task, model, group=group)
     from analysis.tables import paper_values
-    from lora_repro import runs
 
-    damaged: list = []
-    runs.find_runs(results, damaged=damaged)
+    # without saved base weights, the paper's ranks under the budget (8 / 4 / 2)
+    t5 = paper_values()["table5"]
+    ranks = idx.budget_ranks(results, model) or dict(zip(t5["columns"], t5["r"], strict=True))
+    data, problems = gather(results, task, model, group=group)
+
     problems = [f"skipped (damaged, retrained by the next sweep): {d}" for d in damaged] + problems
 
     layers = sorted(data.phi_ranks.get("q", {})) if data else []

@@ -132,8 +132,9 @@ def _varying_settings(rows: list[dict], configs: list[dict[str, Any]]) -> list[s
     return sorted(added)
 
 
-def build_index(results: str | Path) -> pd.DataFrame:
-    """One row per finished run below ``results``.
+def build_index(results: str | Path, damaged: list | None = None) -> pd.DataFrame:
+    """One row per usable finished run below ``results``; runs left out for a damaged file are
+    appended to ``damaged`` when it is given (:func:`lora_repro.runs.find_runs`).
 
     Columns: task, model, targets (``"q,v"``), r, alpha, seed, seed_init, seed_data, init, lr,
     max_steps, group, then one column per other config key (dotted, e.g. ``train.batch_size``)
@@ -142,7 +143,7 @@ def build_index(results: str | Path) -> pd.DataFrame:
     """
     rows, configs = [], []
     root = Path(results)
-    for run_dir, cfg in runs.iter_finished(root):
+    for run_dir, cfg in runs.iter_finished(root, damaged):
         summary = runs.read_object(run_dir / runs.SUMMARY_FILE)
         a, t = cfg["adapter"], cfg["train"]
         seed = cfg["seed"]

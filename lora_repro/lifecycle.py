@@ -226,7 +226,7 @@ def hand_on(signum: int, previous: Any) -> None:
     Returns when that handler returns; where there was none (the default action), the caller
     exits with 128 + signum (:func:`exit_code`).
     """
-    if callable(previous) and previous not in (_raise_interrupted,):
+    if callable(previous) and previous is not _raise_interrupted:
         previous(signum, None)
 
 
