@@ -59,6 +59,7 @@ collect: setup
 figures: collect
 	$(BIN)/python -m analysis.claims --results $(RESULTS) || test $$? -eq 1  # 1: damaged runs listed; figures say so too
 	$(BIN)/python -m analysis.figures --results $(RESULTS)
+	$(BIN)/python -m analysis.figures.fullft --results $(RESULTS)
 
 bench: setup
 	$(BIN)/python -m bench.run_all --results $(RESULTS)

@@ -10,7 +10,9 @@
   Wq,Wk,Wv,Wo.
 
 Cells are mean ± std over seeds (no std with one seed; n is given), with the trainable LoRA
-parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_values.json``). Only
+parameters per cell and the paper's GPT-3 numbers beside (``analysis/paper_values.json``).
+Where full fine-tuning runs of a weight-type set exist (``adapter.method=full``), each table gets
+a reference row for it (``method`` full, r empty, its trained parameters). Only
 runs whose settings agree apart from their seeds are pooled: when the index holds runs of one
 cell with other settings (another ``group``, lr, α, batch size, ...), the cell gets one row per
 setting, with the settings that differ as columns. Reads run directories only, through
@@ -51,6 +53,7 @@ TYPE_ORDER = runs.WEIGHT_TYPES
 NOT_SETTINGS = (
     "task.name",
     "model.name",
+    "adapter.method",
     "adapter.targets",
     "adapter.r",
     "adapter.layers",  # runs on a subset of layers are left out of the tables
@@ -115,9 +118,9 @@ def _varying_settings(rows: list[dict], configs: list[dict[str, Any]]) -> list[s
     Returns:
         The keys added, sorted.
     """
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[str, str, str], list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault((row["task"], row["model"]), []).append(i)
+        groups.setdefault((row["task"], row["model"], row["method"]), []).append(i)
     added: set[str] = set()
     for members in groups.values():
         common = set.intersection(*(set(configs[i]) for i in members))
@@ -137,9 +140,10 @@ def build_index(results: str | Path, damaged: list | None = None) -> pd.DataFram
     appended to ``damaged`` when it is given (:func:`lora_repro.runs.find_runs`).
 
     Columns: task, model, targets (``"q,v"``), r, alpha, seed, seed_init, seed_data, init, lr,
-    max_steps, group, then one column per other config key (dotted, e.g. ``train.batch_size``)
-    whose value differs between runs of one (task, model) (none when they all agree), every
-    summary metric, and ``path`` (relative to ``results``).
+    max_steps, group, precision, method (``lora`` or ``full``; r and alpha empty for full), then
+    one column per other config key (dotted, e.g. ``train.batch_size``) whose value differs
+    between runs of one (task, model, method) (none when they all agree), every summary metric,
+    and ``path`` (relative to ``results``).
     """
     rows, configs = [], []
     root = Path(results)
@@ -147,12 +151,13 @@ def build_index(results: str | Path, damaged: list | None = None) -> pd.DataFram
         summary = runs.read_object(run_dir / runs.SUMMARY_FILE)
         a, t = cfg["adapter"], cfg["train"]
         seed = cfg["seed"]
+        lora = a.get("method", "lora") == "lora"
         row = {
             "task": cfg["task"]["name"],
             "model": cfg["model"]["name"],
             "targets": _targets_key(a["targets"]),
-            "r": int(a["r"]),
-            "alpha": float(a["alpha"]),
+            "r": int(a["r"]) if lora else None,
+            "alpha": float(a["alpha"]) if lora else None,
             "seed": int(seed),
             "seed_init": int(seed if cfg.get("seed_init") is None else cfg["seed_init"]),
             "seed_data": int(seed if cfg.get("seed_data") is None else cfg["seed_data"]),
@@ -164,6 +169,7 @@ def build_index(results: str | Path, damaged: list | None = None) -> pd.DataFram
             "group": cfg.get("group"),
             # the precision that ran (summary.json since it was recorded; the config before)
             "precision": summary.get("precision", t.get("precision")),
+            "method": a.get("method", "lora"),
         }
         rows.append((row, summary, str(run_dir.relative_to(root))))
         configs.append({k: v for k, v in _flatten(cfg) if _is_setting(k)})
@@ -181,6 +187,7 @@ def build_index(results: str | Path, damaged: list | None = None) -> pd.DataFram
         return pd.DataFrame(columns=cols)
     first = fixed + added
     df = df[first + [c for c in df.columns if c not in first]]
+    df["r"] = df["r"].astype("Int64")  # empty for full fine-tuning
     return df.sort_values(["task", "model", "targets", "r", "seed"]).reset_index(drop=True)
 
 
@@ -214,11 +221,12 @@ def budget_ranks(
 
 def _cell(g: pd.DataFrame) -> dict:
     acc = g["val_accuracy"].to_numpy(float) * 100
+    full = (g["method"] == "full").all()
     return {
         "mean": float(acc.mean()),
         "std": float(acc.std(ddof=1)) if len(acc) > 1 else None,  # undefined for one seed
         "n": int(len(acc)),
-        "params": int(g["n_lora_params"].iloc[0]),
+        "params": int(g["n_trained_params" if full else "n_lora_params"].iloc[0]),
     }
 
 
@@ -242,10 +250,38 @@ def _cell_columns(sel: pd.DataFrame) -> dict:
     }
 
 
-def _groups(index: pd.DataFrame):
-    # Tables are per (task, model); runs with non-default layer selection are left out.
-    base = index[index["layers"].isna()] if "layers" in index else index
-    yield from base.groupby(["task", "model"], sort=True)
+def _base(index: pd.DataFrame) -> pd.DataFrame:
+    # Runs with a non-default layer selection are left out of the tables.
+    return index[index["layers"].isna()] if "layers" in index else index
+
+
+def _groups(index: pd.DataFrame, lora_only: bool = True):
+    """The LoRA runs of the tables per (task, model); with ``lora_only=False`` every (task,
+    model) with any run, each with its LoRA runs (possibly none)."""
+    base = _base(index)
+    lora = base[base["method"] == "lora"]
+    if lora_only:
+        yield from lora.groupby(["task", "model"], sort=True)
+        return
+    for key, _ in base.groupby(["task", "model"], sort=True):
+        yield key, lora[(lora["task"] == key[0]) & (lora["model"] == key[1])]
+
+
+def _reference_rows(index: pd.DataFrame, task: str, model: str, sets: list[str], cols) -> list:
+    """Full fine-tuning reference rows of a table: one per weight-type set that has such runs
+    (``method`` full, r empty, the setting columns empty)."""
+    base = _base(index)
+    g = base[(base["method"] == "full") & (base["task"] == task) & (base["model"] == model)]
+    rows = []
+    for s in sets:
+        sel = g[g["targets"] == s]
+        if len(sel):
+            rows.append(
+                {"task": task, "model": model, "targets": s, "r": None, "method": "full"}
+                | dict.fromkeys(cols)
+                | _cell_columns(sel)
+            )
+    return rows
 
 
 def _norm(v: Any) -> Any:
@@ -301,18 +337,19 @@ def _cell_rows(sel: pd.DataFrame, cols: list[str], order: list[tuple]) -> Iterat
 def table5(index: pd.DataFrame, results: str | Path, budget: int | None = None) -> pd.DataFrame:
     """Table 5: one row per (task, model) and weight-type set at the budget rank.
 
-    Columns: task, model, targets, r, the setting columns (:func:`setting_columns`; none when
-    the runs hold one setting), params, val_acc_mean, val_acc_std, n_seeds, cell, paper_r,
-    paper_WikiSQL, paper_MultiNLI. A cell with runs of several settings has one row per setting.
+    Columns: task, model, targets, r, method (only with a full fine-tuning row), the setting
+    columns (:func:`setting_columns`; none when the runs hold one setting), params, val_acc_mean, val_acc_std, n_seeds, cell, paper_r,
+    paper_WikiSQL, paper_MultiNLI. A cell with runs of several settings has one row per setting;
+    full fine-tuning reference rows (:func:`_reference_rows`) come after a (task, model)'s cells.
     """
     rows = []
     cols = setting_columns(index)
-    for (task, model), g in _groups(index):
+    for (task, model), g in _groups(index, lora_only=False):
         ranks = budget_ranks(results, model, budget)
         if ranks is None:
             continue
         order = _settings(g, cols)
-        for i, s in enumerate(TABLE5_SETS):
+        for i, s in enumerate(TABLE5_SETS if len(g) else []):
             sel = g[(g["targets"] == s) & (g["r"] == ranks[s])]
             for cell in _cell_rows(sel, cols, order):
                 rows.append(
@@ -321,13 +358,25 @@ def table5(index: pd.DataFrame, results: str | Path, budget: int | None = None) 
                         "model": model,
                         "targets": s,
                         "r": ranks[s],
+                        "method": "lora",
                         **cell,
                         "paper_r": PAPER["table5"]["r"][i],
                         "paper_WikiSQL": PAPER["table5"]["WikiSQL"][i],
                         "paper_MultiNLI": PAPER["table5"]["MultiNLI"][i],
                     }
                 )
-    return pd.DataFrame(rows)
+        rows += _reference_rows(index, task, model, TABLE5_SETS, cols)
+    return _frame(rows)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """The table's rows; the ``method`` column only where a full fine-tuning row is present."""
+    df = pd.DataFrame(rows)
+    if "r" in df:
+        df["r"] = df["r"].astype("Int64")
+    if "method" in df and (df["method"] == "lora").all():
+        df = df.drop(columns="method")
+    return df
 
 
 def table6(index: pd.DataFrame) -> pd.DataFrame:
@@ -337,9 +386,9 @@ def table6(index: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     cols = setting_columns(index)
-    for (task, model), g in _groups(index):
+    for (task, model), g in _groups(index, lora_only=False):
         order = _settings(g, cols)
-        for s in TABLE6_SETS:
+        for s in TABLE6_SETS if len(g) else []:
             for j, r in enumerate(TABLE6_RANKS):
                 sel = g[(g["targets"] == s) & (g["r"] == r)]
                 for cell in _cell_rows(sel, cols, order):
@@ -349,12 +398,14 @@ def table6(index: pd.DataFrame) -> pd.DataFrame:
                             "model": model,
                             "targets": s,
                             "r": r,
+                            "method": "lora",
                             **cell,
                             "paper_WikiSQL": PAPER["table6"]["WikiSQL"][s][j],
                             "paper_MultiNLI": PAPER["table6"]["MultiNLI"][s][j],
                         }
                     )
-    return pd.DataFrame(rows)
+        rows += _reference_rows(index, task, model, TABLE6_SETS, cols)
+    return _frame(rows)
 
 
 def write_index(index: pd.DataFrame, results: str | Path) -> list[Path]:

@@ -78,6 +78,10 @@ class TaskConfig:
 
 @dataclass
 class AdapterConfig:
+    # lora: ΔW = s·B·A on each target (Section 4). full: the targets' W themselves are trained
+    # (full fine-tuning of those matrices, the reference for ΔW's rank); r, α, dropout, init,
+    # scaling and budget do not apply and are recorded as null.
+    method: str = "lora"
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
     r: int = 8
     alpha: float = 8.0  # held fixed when r changes (paper §4.1)
@@ -96,10 +100,8 @@ class TrainConfig:
     max_steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
-    # 4e-3: over three seeds Wq alone at r = 2 (the slowest learner in 200 steps) reached 0.76-0.79
-    # validation accuracy, against 0.69-0.75 at 2e-3; no cell of the paper grid diverged.
-    lr: float = 4e-3
-    head_lr: float | None = None  # defaults to lr
+    lr: float | None = None  # null: the method's default, METHOD_LR (recorded resolved)
+    head_lr: float | None = None  # null: lr (LoRA); full fine-tuning keeps LoRA's 4e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     warmup_steps: int | None = None  # overrides warmup_ratio (GPT-2 on E2E: 500)
@@ -150,6 +152,52 @@ NON_IDENTITY = {
     ("train", "device"),
 }
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+METHODS = ("lora", "full")
+# The learning rate a method gets when train.lr is null, resolved before the run's identity.
+# lora 4e-3: over three seeds Wq alone at r = 2 (the slowest learner in 200 steps) reached
+# 0.76-0.79 validation accuracy, against 0.69-0.75 at 2e-3; no cell of the paper grid diverged.
+# full: from a scan on the embedded default (Wq,Wv, seed 0, head at 4e-3; docs/configuration.md).
+METHOD_LR = {"lora": 4e-3, "full": 1e-4}
+# The adapter keys that mean nothing for full fine-tuning (recorded as null, so any value given
+# for them names the same run).
+LORA_ONLY = ("r", "alpha", "dropout", "init", "scaling", "budget")
+
+
+def resolve_method(cfg: Any) -> None:
+    """Fill the method's defaults into ``cfg`` in place: ``train.lr`` when null
+    (:data:`METHOD_LR`), and for full fine-tuning ``train.head_lr`` when null: LoRA's lr, so that
+    the head trains as in the LoRA runs and only the matrices' update differs.
+
+    Raises:
+        ConfigError: an unknown method, or a budget given with full fine-tuning.
+    """
+    method = cfg.adapter.get("method", "lora")
+    if method not in METHODS:
+        raise ConfigError(
+            f"adapter.method={method!r} is invalid: expected lora (ΔW = s·B·A) or full "
+            "(the targets' W trained directly)"
+        )
+    if cfg.train.lr is None:
+        cfg.train.lr = METHOD_LR[method]
+    if method == "full":
+        if cfg.train.head_lr is None:
+            cfg.train.head_lr = METHOD_LR["lora"]
+        if cfg.adapter.budget is not None:
+            raise ConfigError(
+                f"adapter.budget={cfg.adapter.budget} sets LoRA's rank and does not apply to "
+                "adapter.method=full; drop it (adapter.budget=null)"
+            )
+
+
+def recorded(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as a run records it: for full fine-tuning the LoRA-only adapter keys
+    (:data:`LORA_ONLY`) are null, so any value they were given names the same run (in place,
+    returned)."""
+    adapter = resolved.get("adapter") or {}
+    if adapter.get("method", "lora") == "full":
+        for key in LORA_ONLY:
+            adapter[key] = None
+    return resolved
 
 
 def canonical_targets(targets: Any) -> list[str]:
@@ -190,7 +238,7 @@ def validate(cfg: Any) -> None:
         (t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1"),
         (t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "an integer >= 1"),
-        (t.lr > 0, "train.lr", t.lr, "> 0"),
+        (t.lr is None or t.lr > 0, "train.lr", t.lr, "null (the method's default) or > 0"),
         (0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "in [0, 1)"),
         (t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1"),
         (

@@ -17,7 +17,7 @@ from lora_repro.config import canonical_targets
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SWEEP_DIR = CONF / "sweep"
 # The grids of `make sweep` (SWEEP=paper), in the order they run.
-PAPER = ("table5", "table6", "subspace", "seeds")
+PAPER = ("table5", "table6", "subspace", "seeds", "full_qv")
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,19 @@ class Grid:
     """One grid: every (targets, r, seed) it trains.
 
     Attributes:
-        name: the file's stem (``table5``, ``table6``, ``subspace``, ``seeds``).
+        name: the file's stem (``table5``, ``table6``, ``subspace``, ``seeds``, ``full``, ...).
         targets: weight-type sets, each canonical (q, k, v, o order).
-        ranks: ranks swept; ``None`` where the budget rule sets r per set (Table 5).
+        ranks: ranks swept; ``None`` where the budget rule sets r per set (Table 5) or there is
+            no rank (full fine-tuning).
         seeds: the grid's own seeds (a command-line ``seed=0,1,2`` replaces them).
+        method: ``lora`` or ``full`` (``adapter.method``).
     """
 
     name: str
     targets: tuple[tuple[str, ...], ...]
     ranks: tuple[int, ...] | None
     seeds: tuple[int, ...]
+    method: str = "lora"
 
 
 def _values(text: object) -> list[str]:
@@ -59,7 +62,8 @@ def load(name: str) -> Grid:
     )
     ranks = tuple(int(r) for r in _values(params["adapter.r"])) if "adapter.r" in params else None
     seeds = tuple(int(s) for s in _values(params.get("seed", "0")))
-    return Grid(name, targets, ranks, seeds)
+    method = (spec.get("adapter") or {}).get("method", "lora")
+    return Grid(name, targets, ranks, seeds, method)
 
 
 def names() -> list[str]:

@@ -50,6 +50,7 @@ STALE_FILES = (
     runs.SUMMARY_FILE,
     runs.ADAPTER_FILE,
     runs.ADAPTER_INIT_FILE,
+    runs.DELTA_FILE,
     runs.METRICS_FILE,
     runs.STATUS_FILE,
 )
@@ -79,8 +80,9 @@ def _fmt_alpha(alpha: float) -> str:
     return str(int(alpha)) if float(alpha).is_integer() else f"{alpha:g}"
 
 
-def run_dir_for(cfg: Any, r: int) -> Path:
-    """``<paths.results>/<group>/<task>/<model>/<targets>-r<r>-a<alpha>[-L<layers>]/seed<k>``.
+def run_dir_for(cfg: Any, r: int | None) -> Path:
+    """``<paths.results>/<group>/<task>/<model>/<targets>-r<r>-a<alpha>[-L<layers>]/seed<k>``;
+    ``<targets>-full[-L<layers>]`` for full fine-tuning (``adapter.method=full``: no r, no α).
 
     From the canonical forms: ``[v,q]`` and ``[q,v,q]`` name ``q_v``, layers ``[5,0,0]`` name
     ``-L0_5``. ``seed<k>-i<init>-d<data>`` when the two seeds are set apart.
@@ -93,7 +95,10 @@ def run_dir_for(cfg: Any, r: int) -> Path:
     targets = "_".join(canonical_targets(a["targets"]))
     layers = canonical_layers(a.get("layers"))
     layer_part = "" if layers is None else "-L" + "_".join(str(i) for i in layers)
-    name = f"{targets}-r{r}-a{_fmt_alpha(a['alpha'])}{layer_part}"
+    if a.get("method", "lora") == "full":
+        name = f"{targets}-full{layer_part}"
+    else:
+        name = f"{targets}-r{r}-a{_fmt_alpha(a['alpha'])}{layer_part}"
     return (
         Path(cfg["paths"]["results"])
         / cfg["group"]

@@ -8,6 +8,8 @@ A run directory (see README, "Run directories") holds::
     summary.json           final metrics, parameter counts, wall time
     adapter.safetensors    float32 LoRA factors, peft key names, metadata in the header
     adapter_init.safetensors  A at initialisation (for the learned part A - A_init)
+    delta.safetensors      full fine-tuning (adapter.method=full) instead of the two above:
+                           float32 ΔW = W_ft - W0 (d, k) per trained matrix
     status.json            {"status": "running" | "success" | "failed", ...}; written last
 
 Every file is written atomically (temp file in the same directory, fsync, rename), so a killed
@@ -51,6 +53,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 BASE_WEIGHTS_DIR = "base_weights"
 ADAPTER_FORMAT = "lora-repro/1"
+DELTA_FILE = "delta.safetensors"
+DELTA_FORMAT = "lora-repro-delta/1"
 WEIGHT_TYPES = ("q", "k", "v", "o")
 
 
@@ -362,7 +366,7 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
         read_config(run_dir)
         read_object(run_dir / SUMMARY_FILE)
         read_object(run_dir / META_FILE)
-        for name in (ADAPTER_FILE, ADAPTER_INIT_FILE):
+        for name in (ADAPTER_FILE, ADAPTER_INIT_FILE, DELTA_FILE):
             if (run_dir / name).exists():
                 _read_metadata(run_dir / name)
     except FileNotFoundError as e:
@@ -707,6 +711,119 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
         A=A,
         B=B,
         A_init=A_init,
+        n_layers=json.loads(md.get("n_layers", "null")),
+        extra={k: v for k, v in md.items() if k not in known},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Full fine-tuning: the dense ΔW
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Delta:
+    """ΔW = W_ft − W0 of a full fine-tuning run, as float32 numpy arrays (the reference that
+    LoRA's low-rank ΔW = s·B·A is compared with).
+
+    Attributes:
+        targets: trained weight types.
+        base_model: identity of the pretrained model (id or path).
+        modules: ``key -> ModuleInfo`` (the same keys as an adapter of those targets).
+        dW: ``key -> (d, k)`` arrays.
+        n_layers: number of transformer blocks in the base model (``None`` if unknown).
+        extra: the rest of the header metadata.
+    """
+
+    targets: list[str]
+    base_model: str
+    modules: dict[str, ModuleInfo]
+    dW: dict[str, np.ndarray]
+    n_layers: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key_for(self, weight_type: str, layer: int) -> str:
+        """The key of ΔW of type ``weight_type`` at block ``layer``.
+
+        Raises:
+            KeyError: no such matrix was trained (the message lists what was).
+        """
+        for key, info in self.modules.items():
+            if info.type == weight_type and info.layer == layer:
+                return key
+        have = sorted({(i.type, i.layer) for i in self.modules.values()})
+        raise KeyError(f"run has no ΔW{weight_type} at layer {layer}; it trained {have}")
+
+    def layers(self) -> list[int]:
+        """Sorted block indices with a trained matrix."""
+        return sorted({i.layer for i in self.modules.values()})
+
+
+def save_delta(
+    path: str | os.PathLike,
+    dW: dict[str, np.ndarray],
+    *,
+    targets: list[str],
+    base_model: str,
+    modules: dict[str, ModuleInfo],
+    n_layers: int | None = None,
+    **extra: Any,
+) -> Path:
+    """Atomically save ``delta.safetensors``: float32 ``<key>.weight`` = ΔW (d, k) per matrix,
+    the targets, base model and module map in the header (as in an adapter file).
+
+    Raises:
+        ValueError: a ΔW whose shape is not its module's (d, k), or keys without a module.
+    """
+    if set(dW) != set(modules):
+        raise ValueError(f"ΔW and modules name different keys: {sorted(set(dW) ^ set(modules))}")
+    tensors = {}
+    for key, m in dW.items():
+        m = np.asarray(m, np.float32)
+        info = modules[key]
+        if m.shape != (info.d, info.k):
+            raise ValueError(f"{key}: ΔW is {m.shape}, expected (d, k) = {(info.d, info.k)}")
+        tensors[f"{key}.weight"] = m
+    md = {
+        "format": DELTA_FORMAT,
+        "targets": json.dumps(list(targets)),
+        "base_model": str(base_model),
+        "n_layers": json.dumps(n_layers),
+        "modules": json.dumps({k: vars(v) for k, v in modules.items()}, sort_keys=True),
+    }
+    md.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return atomic_save_safetensors(tensors, path, md)
+
+
+def load_delta(path: str | os.PathLike) -> Delta:
+    """Read ``delta.safetensors`` from a full fine-tuning run directory (or the file itself).
+
+    Raises:
+        FileNotFoundError: no delta file at ``path`` (a LoRA run has ``adapter.safetensors``).
+        DamagedFile: (a ``ValueError``) the file is torn or not a safetensors file.
+        ValueError: a safetensors file that is not a lora-repro ΔW file.
+    """
+    path = Path(path)
+    file = path / DELTA_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(
+            f"no {DELTA_FILE} at {file}; is this a finished adapter.method=full run directory?"
+        )
+    md = _read_metadata(file)
+    if md.get("format") != DELTA_FORMAT:
+        raise ValueError(f"{file} is not a lora-repro ΔW file (format={md.get('format')!r})")
+    modules = {k: ModuleInfo(**v) for k, v in json.loads(md["modules"]).items()}
+    dW = {}
+    for name, t in load_file(str(file)).items():
+        if not name.endswith(".weight") or name[: -len(".weight")] not in modules:
+            raise DamagedFile(file, f"unexpected tensor {name!r}")
+        dW[name[: -len(".weight")]] = t
+    if set(dW) != set(modules):
+        raise DamagedFile(file, f"tensors missing for {sorted(set(modules) - set(dW))[:3]}")
+    known = {"format", "targets", "base_model", "modules", "n_layers"}
+    return Delta(
+        targets=json.loads(md["targets"]),
+        base_model=md["base_model"],
+        modules=modules,
+        dW=dW,
         n_layers=json.loads(md.get("n_layers", "null")),
         extra={k: v for k, v in md.items() if k not in known},
     )

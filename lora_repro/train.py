@@ -1,4 +1,4 @@
-"""One explicit training loop: ``fit(cfg) -> summary`` for a LoRA run on one task.
+"""One explicit training loop: ``fit(cfg) -> summary`` for a LoRA (or full fine-tuning) run.
 
 ``fit`` in outline: validate the config and put adapter.targets / adapter.layers in canonical
 form; :func:`prepare` the data, model, targets and rank (Table 5's budget rule when one is set);
@@ -7,7 +7,8 @@ identity is skipped); then, inside :func:`lora_repro.lifecycle.recording` (``suc
 ``failed`` on any error or stop signal): inject LoRA (A from ``seed_init``), re-draw the head,
 resolve the precision (:mod:`lora_repro.precision`), build the :class:`Trainee` (AdamW, linear
 warmup and decay), run :func:`loop` (batches from ``seed_data``), evaluate, and write the adapter
-and summary. Every file is written atomically (``lora_repro.runs``).
+and summary. With ``adapter.method=full`` the targets' W are trained instead of injected factors
+(:mod:`lora_repro.full`) and ``delta.safetensors`` replaces the adapter files. Every file is written atomically (``lora_repro.runs``).
 
 The loss and evaluation of each (model kind, task type) live in :mod:`lora_repro.tracks`. The
 loop takes what it trains as an argument (:class:`Trainee`) and the loss as a function, so that
@@ -29,9 +30,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lora_repro import lifecycle, runs
+from lora_repro import full, lifecycle, runs
 from lora_repro.budget import lora_param_count, resolve_budget
-from lora_repro.config import ConfigError, canonical_layers, canonical_targets, validate
+from lora_repro.config import (
+    ConfigError,
+    canonical_layers,
+    canonical_targets,
+    recorded,
+    resolve_method,
+    validate,
+)
 from lora_repro.data import ClassificationData, TaskData, length_grouped_batches, load_task
 from lora_repro.errors import LoraReproError
 from lora_repro.lora import (
@@ -86,29 +94,39 @@ class Prepared:
         data: the task's splits.
         loaded: the pretrained model, its tokenizer and identity.
         targets: the weight matrices to adapt (Wq/Wk/Wv/Wo of the chosen layers).
-        lora: the adapter's settings, with r resolved from the budget if one is set.
+        lora: the adapter's settings, with r resolved from the budget if one is set; ``None``
+            for full fine-tuning.
         budget: the trainable-parameter budget (Table 5), ``None`` without one.
+        method: ``lora`` or ``full`` (``adapter.method``).
     """
 
     data: TaskData
     loaded: LoadedModel
     targets: list[Target]
-    lora: LoraConfig
+    lora: LoraConfig | None
     budget: int | None
+    method: str = "lora"
 
 
 def prepare(cfg: DictConfig) -> Prepared:
     """Data, model, targets and rank for ``cfg`` (shared by the skip check and training).
 
+    The method's defaults are filled into ``cfg`` first (:func:`lora_repro.config.resolve_method`:
+    ``train.lr``, and null LoRA-only keys for full fine-tuning).
+
     Raises:
-        DataError, ModelLoadError, TargetError, BudgetError, AdapterError: bad input.
+        ConfigError, DataError, ModelLoadError, TargetError, BudgetError, AdapterError: bad input.
     """
+    resolve_method(cfg)
     data: TaskData = load_task(cfg.task)
     num_labels = len(data.label_names) if isinstance(data, ClassificationData) else None
     loaded = load_model(cfg.model, num_labels=num_labels if cfg.model.kind == "seq_cls" else None)
     a = cfg.adapter
     custom = dict(a.target_modules) if a.target_modules else None
     targets = find_targets(loaded.model, list(a.targets), a.layers, custom)
+    if a.method == "full":
+        full.check_targets(targets, cfg.model.name)
+        return Prepared(data, loaded, targets, None, None, "full")
     budget, r = resolve_budget(
         a.budget,
         [(t.d, t.k) for t in targets],
@@ -321,7 +339,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.train.threads))
     prep = prepare(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["adapter"]["r"] = prep.lora.r
+    r = prep.lora.r if prep.lora is not None else None
+    resolved["adapter"]["r"] = r
     if prep.budget is not None:
         resolved["adapter"]["budget"] = prep.budget
         if prep.lora.r != cfg.adapter.r:
@@ -329,7 +348,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                 "adapter.budget=%s sets r=%d for %s; adapter.r=%d is not used",
                 cfg.adapter.budget, prep.lora.r, ",".join(cfg.adapter.targets), cfg.adapter.r,
             )  # fmt: skip
-    run_dir = lifecycle.run_dir_for(resolved, prep.lora.r)
+    recorded(resolved)
+    run_dir = lifecycle.run_dir_for(resolved, r)
     done = lifecycle.claim(run_dir, resolved)
     if done is not None:
         return done
@@ -341,9 +361,16 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
 def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch.nn.Parameter]:
     """Inject LoRA into ``prep.targets`` (A drawn from ``seed_init``, B zero) and re-draw the
-    task head from the same generator; returns the head's parameters, now trainable."""
+    task head from the same generator; returns the head's parameters, now trainable.
+
+    For full fine-tuning (``prep.method == "full"``) the targets' W are made trainable instead
+    (:func:`lora_repro.full.trainable_weights`) and only the head is drawn from ``seed_init``.
+    """
     g_init = torch.Generator().manual_seed(seed_init)
-    inject_lora(model, prep.lora, g_init, prep.targets)
+    if prep.method == "full":
+        full.trainable_weights(model, prep.targets)
+    else:
+        inject_lora(model, prep.lora, g_init, prep.targets)
     head = head_modules(model)
     reset_head(head, g_init)
     head_params = [p for m in head.values() for p in m.parameters()]
@@ -394,13 +421,19 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
     model, tok = prep.loaded.model, prep.loaded.tokenizer
     _save_base_weights(cfg, model)
 
+    W0 = base_weights(model, prep.targets) if prep.method == "full" else None
     head_params = attach(model, prep, seed_init)
-    A_init, _ = lora_state(model)
-    runs.atomic_save_safetensors(
-        {f"{k}.lora_A.weight": v for k, v in A_init.items()},
-        run_dir / runs.ADAPTER_INIT_FILE,
-        {"format": runs.ADAPTER_FORMAT + "-init"},
-    )
+    if W0 is not None:
+        trained = full.weights_of(model, prep.targets)
+    else:
+        trained = lora_parameters(model)
+    if W0 is None:
+        A_init, _ = lora_state(model)
+        runs.atomic_save_safetensors(
+            {f"{k}.lora_A.weight": v for k, v in A_init.items()},
+            run_dir / runs.ADAPTER_INIT_FILE,
+            {"format": runs.ADAPTER_FORMAT + "-init"},
+        )
     model.to(device)
 
     prec = resolve_precision(tc.precision, device)
@@ -411,7 +444,7 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
 
     trainee = make_trainee(
         model,
-        [(lora_parameters(model), tc.lr), (head_params, tc.head_lr or tc.lr)],
+        [(trained, tc.lr), (head_params, tc.head_lr or tc.lr)],
         tc,
         prec,
         name=run_dir.parent.name,
@@ -446,7 +479,10 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
         if preds is not None:
             _write_predictions(run_dir, "test", prep.data, preds)
     val = [m for m in runs.read_jsonl(run_dir / runs.METRICS_FILE) if m["split"] == "validation"]
-    save_adapter(model, run_dir / runs.ADAPTER_FILE, prep.lora, cfg.model.id)
+    if W0 is not None:
+        full.save_delta(model, run_dir / runs.DELTA_FILE, W0, prep.targets, cfg.model.id)
+    else:
+        save_adapter(model, run_dir / runs.ADAPTER_FILE, prep.lora, cfg.model.id)
     t_end = time.time()
     times = {
         "wall_time_s": t_end - t_start,
@@ -455,7 +491,9 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
         "eval_time_s": eval_s,
         "steps_per_s": tc.max_steps / result.train_s if result.train_s > 0 else None,
     }
-    summary = _summary(cfg, prep, track, val[-1], test, result.last_loss, head_params, prec, times)
+    counts = {"n_trained_params": sum(p.numel() for p in trained)}
+    counts["n_head_params"] = sum(p.numel() for p in head_params)
+    summary = _summary(cfg, prep, track, val[-1], test, result.last_loss, counts, prec, times)
     runs.atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
     meta["ended"] = t_end
     runs.atomic_write_json(run_dir / runs.META_FILE, meta)
@@ -466,9 +504,12 @@ _NOT_METRICS = {"step", "split", "train_loss", "lr", "time_s", "loss", "accuracy
 
 
 def _summary(
-    cfg, prep: Prepared, track: Track, val, test, last_loss, head_params, prec, times
+    cfg, prep: Prepared, track: Track, val, test, last_loss, counts, prec, times
 ) -> dict[str, Any]:
-    """summary.json: the final metrics, parameter counts, precision and times of a run."""
+    """summary.json: the final metrics, parameter counts, precision and times of a run.
+
+    ``counts``: ``n_trained_params`` (LoRA factors, or the fully trained W) and ``n_head_params``.
+    """
     metric = cfg.task.get("metric", "accuracy")
     if metric not in val:
         raise ConfigError(f"task.metric={metric!r} is not among the computed metrics {sorted(val)}")
@@ -483,15 +524,18 @@ def _summary(
         if isinstance(data, ClassificationData)
         else None,
         "final_train_loss": last_loss,
-        "r": lora.r,
-        "alpha": lora.alpha,
-        "scaling": lora.scale,
+        "method": prep.method,
+        "r": lora.r if lora else None,
+        "alpha": lora.alpha if lora else None,
+        "scaling": lora.scale if lora else None,
         "budget": prep.budget,
-        "targets": list(lora.targets),
+        "targets": canonical_targets(cfg.adapter.targets),
         "n_matrices": len(prep.targets),
-        "n_lora_params": count_lora_parameters(prep.loaded.model),
-        "n_lora_params_formula": lora_param_count([(t.d, t.k) for t in prep.targets], lora.r),
-        "n_head_params": sum(p.numel() for p in head_params),
+        "n_lora_params": count_lora_parameters(prep.loaded.model) if lora else None,
+        "n_lora_params_formula": lora_param_count([(t.d, t.k) for t in prep.targets], lora.r)
+        if lora
+        else None,
+        **counts,
         "steps": cfg.train.max_steps,
         **prec.record(),
         **times,

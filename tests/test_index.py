@@ -31,8 +31,11 @@ def _run(
     lr: float = 2e-3,
     batch_size: int = 8,
     sweep: str = "table6",
+    method: str = "lora",
 ) -> Path:
-    d = results / group / "toy" / "tiny" / f"{'_'.join(targets)}-r{r}-a8" / f"seed{seed}"
+    name = f"{'_'.join(targets)}-" + ("full" if method == "full" else f"r{r}-a8")
+    d = results / group / "toy" / "tiny" / name / f"seed{seed}"
+    full = method == "full"
     cfg = {
         "model": {"name": "tiny"},
         "task": {"name": "toy"},
@@ -41,20 +44,21 @@ def _run(
         "sweep": sweep,  # not a setting: the grid that launched the run
         "adapter": {
             "targets": targets,
-            "r": r,
-            "alpha": 8.0,
-            "init": "gaussian",
-            "scaling": "standard",
+            "r": None if full else r,
+            "alpha": None if full else 8.0,
+            "init": None if full else "gaussian",
+            "scaling": None if full else "standard",
+            **({"method": "full", "dropout": None} if full else {}),
         },
         "train": {"lr": lr, "max_steps": 3, "batch_size": batch_size, "eval_every": 3},
         "paths": {"results": str(results)},
     }
     runs.atomic_write_yaml(d / "config.yaml", cfg)
     runs.atomic_write_json(d / "meta.json", {"seeds": {"seed": seed}})
-    runs.atomic_write_json(
-        d / "summary.json",
-        {"val_accuracy": acc, "n_lora_params": r * len(targets) * LAYERS * 2 * D},
-    )
+    counts = {"n_lora_params": r * len(targets) * LAYERS * 2 * D}
+    if full:
+        counts = {"n_lora_params": None, "n_trained_params": len(targets) * LAYERS * D * D}
+    runs.atomic_write_json(d / "summary.json", {"val_accuracy": acc, **counts})
     runs.atomic_write_json(d / "status.json", {"status": "success"})
     return d
 
@@ -78,6 +82,27 @@ def results(tmp_path: Path) -> Path:
     _run(res, ["k"], 8, 0, 0.99)
     runs.atomic_write_json(res / "runs/toy/tiny/k-r8-a8/seed0/status.json", {"status": "running"})
     return res
+
+
+def test_full_fine_tuning_runs_are_reference_rows_and_keep_the_lora_cells(results):
+    lr_full = 1e-4
+    for seed, acc in ((0, 0.82), (1, 0.84)):
+        _run(results, ["q", "v"], 0, seed, acc, method="full", lr=lr_full, sweep="full")
+    out = collect(results)
+    index = out["index"]
+    full = index[index["method"] == "full"]
+    assert len(full) == 2 and full["r"].isna().all() and full["alpha"].isna().all()
+    assert (index[index["method"] == "lora"]["r"].notna()).all()
+    for name in ("table5", "table6"):
+        t = out[name]
+        ref = t[t["method"] == "full"]
+        assert list(ref["targets"]) == ["q,v"] and ref["r"].isna().all()
+        assert ref["cell"].iloc[0] == "83.0 ± 1.4 (n=2)"
+        assert ref["params"].iloc[0] == 2 * LAYERS * D * D
+        # the LoRA cells are as without the full runs: one setting, no lr column
+        assert "lr" not in t and (t["method"] == "lora").sum() == (7 if name == "table5" else 15)
+    t5 = out["table5"].set_index(["targets", "method"])
+    assert t5.loc[("q", "lora"), "cell"] == "72.0 ± 2.8 (n=2)"
 
 
 def test_index_and_tables(results):
