@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_repro import lifecycle, runs
 from lora_repro.budget import lora_param_count, resolve_budget
-from lora_repro.config import ConfigError, canonical_layers, canonical_targets, validate
+from lora_repro.config import ConfigError, canonical_layers, validate
 from lora_repro.data import ClassificationData, TaskData, length_grouped_batches, load_task
 from lora_repro.errors import LoraReproError
 from lora_repro.lora import (
@@ -47,6 +47,7 @@ from lora_repro.lora import (
 from lora_repro.models import LoadedModel, head_modules, load_model, reset_head
 from lora_repro.precision import Precision, cpu_info
 from lora_repro.precision import resolve as resolve_precision
+from lora_repro.runs import canonical_targets
 from lora_repro.targets import Target, find_targets
 from lora_repro.tracks import Track, make_track
 
