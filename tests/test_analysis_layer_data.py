@@ -82,7 +82,7 @@ def test_missing_messages_name_the_sweep():
     assert ld.RunSpec("t", "m", ("q",), 64, 0).sweeps() == ["table6"]
     assert "no predefined sweep" in ld.RunSpec("t", "m", ("k",), 3, 0).missing_message()
     with pytest.raises(ValueError, match="unknown weight type"):
-        ld.canonical_targets(["q", "x"])
+        ld.known_targets(["q", "x"])
 
 
 def test_any_adapter_object_can_be_analysed():
