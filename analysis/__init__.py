@@ -11,6 +11,7 @@ Modules:
     layer_data: selection and factors under one import.
     index: the index of finished runs; Tables 5 and 6.
     claims: each Section 7 claim checked on the runs, with seeds, intervals and a verdict.
+    stats: Student-t intervals, one-sided tests, TOST and power for the claims.
     tables: Table 7 as a DataFrame with the paper's values, md / csv / tex writers.
     figures: ``python -m analysis.figures`` (plots in ``figures.plots``).
 """

@@ -155,7 +155,7 @@ def test_module_entry_point_runs_without_torch(tmp_path):
     """``python -m analysis.figures`` works as a process; analysis never imports torch."""
     code = (
         "import sys, runpy\n"
-        "import analysis, analysis.layer_data, analysis.tables, analysis.claims, analysis.figures.build\n"
+        "import analysis, analysis.layer_data, analysis.tables, analysis.claims, analysis.stats, analysis.figures.build\n"
         "sys.argv = ['analysis.figures', '--results', sys.argv[1]]\n"
         "try:\n    runpy.run_module('analysis.figures', run_name='__main__')\n"
         "except SystemExit as e:\n    rc = e.code\n"
