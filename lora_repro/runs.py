@@ -614,7 +614,7 @@ def adapter_metadata(
     return md
 
 
-def save_adapter(
+def save_adapter_factors(
     path: str | os.PathLike,
     A: dict[str, np.ndarray],
     B: dict[str, np.ndarray],

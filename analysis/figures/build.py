@@ -109,19 +109,19 @@ def _pair_figures(plan: BuildPlan, pair: RunPair, report: Report, content: dict)
     """Fig. 3 / 6 (two ranks) or Fig. 4 / 7 (two seeds) in every view, and the pair's φ(1, 1)."""
     draw_pair, one_layer, spread = PAIR_FIGURES[pair.kind]
     views = plan.opts.views
-    if pair.runs is None:
+    if pair.records is None:
         for v in views:
             report.not_drawn[f"{one_layer}_{v}, {spread}_{v}"] = pair.why
         return
-    content["runs"][pair.kind] = summary.run_paths(pair.runs, plan.opts.results)
+    content["runs"][pair.kind] = summary.run_paths(pair.records, plan.opts.results)
     for v in views:
-        _attempt(report, f"{one_layer}_{v}", draw_pair, plan, report, pair.runs, v, [plan.layer])
-        _attempt(report, f"{spread}_{v}", draw_pair, plan, report, pair.runs, v, plan.spread)
+        _attempt(report, f"{one_layer}_{v}", draw_pair, plan, report, pair.records, v, [plan.layer])
+        _attempt(report, f"{spread}_{v}", draw_pair, plan, report, pair.records, v, plan.spread)
     name = f"summary φ(1,1) {pair.kind}"
-    block = _attempt(report, name, summary.phi11_block, plan, pair.runs)
+    block = _attempt(report, name, summary.phi11_block, plan, pair.records)
     if block:
         content["phi11"][pair.kind] = block
-    content["phi11_by_layer"][pair.kind] = summary.phi11_by_layer(plan, pair.runs)
+    content["phi11_by_layer"][pair.kind] = summary.phi11_by_layer(plan, pair.records)
 
 
 def _against_w(

@@ -80,7 +80,7 @@ def figure3(
     for layer in layers:
         row_full, row_zoom = [], []
         for w in plan.opts.targets:
-            g = phi_between(plan.factors(a, w, layer), plan.factors(b, w, layer), view)
+            g = phi_between(plan.layer_factors(a, w, layer), plan.layer_factors(b, w, layer), view)
             frames.append(_long(name, view, layer, f"dW{w}", g))
             t = f"ΔW{w} layer {layer}"
             ylab, xlab = f"i ({run_label(a)})", f"j ({run_label(b)})"
@@ -116,7 +116,7 @@ def figure4(
     for li, layer in enumerate(layers):
         row = []
         for w in plan.opts.targets:
-            fa, fb = plan.factors(a, w, layer), plan.factors(b, w, layer)
+            fa, fb = plan.layer_factors(a, w, layer), plan.layer_factors(b, w, layer)
             g = phi_between(fa, fb, view)
             frames.append(_long(name, view, layer, f"dW{w}", g))
             row.append(
@@ -148,7 +148,7 @@ def figure8(plan: BuildPlan, report: Report, ranked: dict[int, RunRecord]) -> di
     layer, w = plan.layer, plan.opts.weight
     panels, frames, head = [], [], {}
     for r, rec in sorted(ranked.items()):
-        f = plan.factors(rec, w, layer)
+        f = plan.layer_factors(rec, w, layer)
         W = amplification.check_orientation(plan.base.matrix(f.key), f.d, f.k)
         g = amplification.w_vs_dw_phi(W, subspace.factored_svd(f.B, f.A).U)
         frames.append(_long("figure8", "W_left_vs_dW_left", layer, f"r={r}", g))
@@ -184,7 +184,7 @@ def table7(
     layer, w, o = plan.layer, plan.opts.weight, plan.opts
     stats = {}
     for r, rec in sorted(ranked.items()):
-        f = plan.factors(rec, w, layer)
+        f = plan.layer_factors(rec, w, layer)
         W = plan.base.matrix(f.key)
         stats[r] = amplification.table7_stats(
             W, f.B, f.A, f.scaling, n_random=o.n_random, seed=o.seed

@@ -28,12 +28,12 @@ class RunPair:
     Attributes:
         kind: ``ranks`` (Fig. 3 / 6: two ranks at the first seed) or ``seeds`` (Fig. 4 / 7: two
             seeds at the large rank); the key of the pair in the summary.
-        runs: (a, b), rows and columns of the φ grids; ``None`` when the pair is missing.
-        why: one line on what is missing (empty when ``runs`` is set).
+        records: (a, b), rows and columns of the φ grids; ``None`` when the pair is missing.
+        why: one line on what is missing (empty when ``records`` is set).
     """
 
     kind: str
-    runs: tuple[RunRecord, RunRecord] | None
+    records: tuple[RunRecord, RunRecord] | None
     why: str = ""
 
 
@@ -57,7 +57,7 @@ class RunChoice:
     @property
     def needed(self) -> list[RunRecord]:
         """The chosen runs: both pairs' (where found), then the ranked ones."""
-        pair_runs = [rec for pair in self.pairs for rec in (pair.runs or ())]
+        pair_runs = [rec for pair in self.pairs for rec in (pair.records or ())]
         return [*pair_runs, *self.ranked.values()]
 
 
@@ -222,7 +222,7 @@ class BuildPlan:
     out: Path
     tables_dir: Path
 
-    def factors(self, rec: RunRecord, weight: str, layer: int) -> LayerFactors:
+    def layer_factors(self, rec: RunRecord, weight: str, layer: int) -> LayerFactors:
         """ΔW_weight's factors at block ``layer`` of run ``rec`` (float64).
 
         Raises:

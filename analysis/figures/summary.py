@@ -76,7 +76,7 @@ def phi11_block(plan: BuildPlan, pair: tuple[RunRecord, RunRecord]) -> dict[str,
     a, b = pair
     out: dict[str, Any] = {}
     for w in plan.opts.targets:
-        fa, fb = plan.factors(a, w, plan.layer), plan.factors(b, w, plan.layer)
+        fa, fb = plan.layer_factors(a, w, plan.layer), plan.layer_factors(b, w, plan.layer)
         views: dict[str, float | None] = {}
         for view in subspace.VIEWS:
             try:
@@ -97,7 +97,7 @@ def _phi11_or_none(
     plan: BuildPlan, pair: tuple[RunRecord, RunRecord], w: str, layer: int, view: str
 ) -> float | None:
     try:
-        fa, fb = plan.factors(pair[0], w, layer), plan.factors(pair[1], w, layer)
+        fa, fb = plan.layer_factors(pair[0], w, layer), plan.layer_factors(pair[1], w, layer)
         return float(phi_between(fa, fb, view)[0, 0])
     except (ValueError, KeyError, FileNotFoundError):
         return None
