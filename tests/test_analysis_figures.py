@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_analysis import N_LAYERS, make_results, write_run
 
 from analysis import factors, selection, subspace
 from analysis.figures import Options, Report
 from analysis.figures.__main__ import main
 from analysis.selection import RunSpec
 from lora_repro import runs
+from tests.helpers.fixtures_analysis import N_LAYERS, make_results, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--ranks", "8,32", "--table-ranks", "4,32", "--fig8-ranks", "4,8,32"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_analysis import N_LAYERS, base_weights, make_results, write_run
 
 from analysis import factors, selection
 from lora_repro import runs
+from tests.helpers.fixtures_analysis import N_LAYERS, base_weights, make_results, write_run
 
 
 def _cfg(targets=("v", "q"), r=8, seed=0, alpha=8.0, init="gaussian"):

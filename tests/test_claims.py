@@ -13,6 +13,7 @@ import pytest
 
 from analysis import claims
 from analysis.tables import paper_values
+from tests.helpers.fixtures_analysis import make_results
 
 REPO = Path(__file__).resolve().parents[1]
 RANKS5 = {"q": 8, "k": 8, "v": 8, "o": 8, "q,k": 4, "q,v": 4, "q,k,v,o": 2}
@@ -149,8 +150,6 @@ def test_readme_shows_the_committed_claims_table():
 
 
 def test_the_cli_lists_damaged_runs_and_exits_1(tmp_path, capsys):
-    from fixtures_analysis import make_results
-
     from lora_repro import runs
 
     results = make_results(tmp_path)
@@ -172,8 +171,6 @@ def test_the_cli_lists_damaged_runs_and_exits_1(tmp_path, capsys):
 
 def test_gather_reads_only_the_runs_of_the_index_it_is_given(tmp_path):
     """The caller's index is the one scan of the tree: a run left out of it is never read."""
-    from fixtures_analysis import make_results
-
     results = make_results(tmp_path, ranks=(8, 64), seed1_ranks=(64,), d=64, k=64)
     rows = [
         {"targets": "q,v", "layers": None, "r": r, "seed": s,
