@@ -6,9 +6,12 @@ never imports torch, transformers or the training code.
 Modules:
     subspace: φ (Eq. 4) on any view of the factors, factored SVD of ΔW = B·A, random baselines.
     amplification: ‖UᵀWV‖F, amplification factor and the rest of Table 7 (§7.3).
-    layer_data: finding runs by config, loading one layer's factors and W.
+    selection: finding finished runs by config; which ranks and seeds an analysis uses.
+    factors: one layer's factors and W from saved runs; φ and Table 7 on any adapter.
+    layer_data: selection and factors under one import.
     index: the index of finished runs; Tables 5 and 6.
     claims: each Section 7 claim checked on the runs, with seeds, intervals and a verdict.
+    stats: Student-t intervals, one-sided tests, TOST and power for the claims.
     tables: Table 7 as a DataFrame with the paper's values, md / csv / tex writers.
     figures: ``python -m analysis.figures`` (plots in ``figures.plots``).
 """

@@ -14,25 +14,32 @@ seeds, the random baseline where one exists, and a verdict:
 * anything else is ``inconclusive``, with the number of seeds that would resolve it at 80%
   power at the observed spread (or, with one seed, at a stated prior spread).
 
-Pure functions of the index (one row per run) and of the saved factors; the figures module
-writes the report (``results/claims.{md,json}``) from :func:`build_claims`.
+The claims are pure functions of the index (one row per run) and of per-seed measurements of
+the saved factors (:func:`gather`); the statistics are :mod:`analysis.stats`. ``python -m
+analysis.claims`` (``make figures``) writes the report, ``results/claims.{md,json}``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-ALPHA = 0.05  # one-sided level of every test
-POWER = 0.8  # the power the seeds-needed estimate aims for
-MAX_SEEDS = 1000  # "seeds needed" above this is reported as None (practically unresolvable)
+from analysis import amplification, factors, subspace
+from analysis.index import TABLE6_RANKS, budget_ranks, build_index
+from analysis.stats import ALPHA, TESTS, VERDICTS, seeds_needed
+from analysis.tables import paper_values
+from lora_repro import runs
+from lora_repro.errors import LoraReproError
+from lora_repro.runs import atomic_write_json, atomic_write_text, rounded
+
 # Accuracy margin for "as good as" claims, in points: about the standard error of one run's
 # validation accuracy on the embedded default (1,275 reviews at ~80%: 1.1 points).
 DELTA_ACC = 1.0
@@ -46,155 +53,6 @@ SHARE_LEVEL = 0.5
 # A direction counts as shared across seeds (F4-1) when φ(i, i) exceeds this multiple of the
 # random level i / k.
 SHARED_LEVEL = 2.0
-
-VERDICTS = ("holds", "fails", "inconclusive")
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Summary:
-    """Mean and Student-t interval of per-seed values.
-
-    Attributes:
-        n: number of values.
-        mean: their mean.
-        sd: sample standard deviation (ddof 1); ``None`` for n = 1.
-        lo, hi: the 95% two-sided interval; ``None`` for n = 1.
-    """
-
-    n: int
-    mean: float
-    sd: float | None
-    lo: float | None
-    hi: float | None
-
-
-def summarize(values: Sequence[float], conf: float = 0.95) -> Summary:
-    """Mean and two-sided ``conf`` Student-t interval (n − 1 degrees of freedom).
-
-    Raises:
-        ValueError: for no values.
-    """
-    x = np.asarray(values, float)
-    if x.size == 0:
-        raise ValueError("no values to summarize")
-    m = float(x.mean())
-    if x.size == 1:
-        return Summary(1, m, None, None, None)
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + conf / 2, x.size - 1)) * sd / math.sqrt(x.size)
-    return Summary(int(x.size), m, sd, m - half, m + half)
-
-
-def one_sided_bounds(values: Sequence[float], alpha: float = ALPHA) -> tuple[float, float] | None:
-    """(lower, upper) one-sided 1 − ``alpha`` bounds of the mean; ``None`` for n = 1."""
-    s = summarize(values, 1 - 2 * alpha)
-    return None if s.lo is None else (s.lo, s.hi)
-
-
-def power_one_sided(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of a one-sided one-sample t-test of mean > 0 at true mean ``effect``, spread ``sd``."""
-    if n < 2 or sd <= 0:
-        return 0.0
-    crit = stats.t.ppf(1 - alpha, n - 1)
-    return float(stats.nct.sf(crit, n - 1, effect * math.sqrt(n) / sd))
-
-
-def seeds_for_power(effect: float, sd: float, power: float = POWER) -> int | None:
-    """Smallest n ≥ 2 whose one-sided test at 5% detects ``effect`` with ``power``.
-
-    ``None`` when the effect is 0 (no n resolves it) or more than :data:`MAX_SEEDS` are needed.
-    """
-    effect = abs(effect)
-    if effect == 0 or not math.isfinite(effect):
-        return None
-    if sd <= 0:
-        return 2
-    # normal approximation as a start, then the exact noncentral t
-    z = stats.norm.ppf(1 - ALPHA) + stats.norm.ppf(power)
-    n = max(2, int((z * sd / effect) ** 2) - 2)
-    while n <= MAX_SEEDS:
-        if power_one_sided(effect, sd, n) >= power:
-            return n
-        n += 1
-    return None
-
-
-def directional(values: Sequence[float], level: float = 0.0) -> tuple[str, Summary]:
-    """Verdict of "mean > level" (one-sided, 5%) and the 95% summary of ``values``."""
-    s = summarize(values)
-    b = one_sided_bounds(values)
-    if b is None:
-        return "inconclusive", s
-    lo, hi = b
-    if lo > level:
-        return "holds", s
-    if hi < level:
-        return "fails", s
-    return "inconclusive", s
-
-
-def equivalence(values: Sequence[float], delta: float) -> tuple[str, Summary]:
-    """TOST verdict of "|mean| < delta": the 90% interval within ±δ holds, wholly outside fails."""
-    s = summarize(values)
-    b = one_sided_bounds(values)
-    if b is None:
-        return "inconclusive", s
-    lo, hi = b
-    if -delta < lo and hi < delta:
-        return "holds", s
-    if lo >= delta or hi <= -delta:
-        return "fails", s
-    return "inconclusive", s
-
-
-def non_inferiority(values: Sequence[float], delta: float) -> tuple[str, Summary]:
-    """Verdict of "mean > −δ" (A at least as good as B when values are A − B)."""
-    return directional(values, -delta)
-
-
-def non_superiority(values: Sequence[float], delta: float) -> tuple[str, Summary]:
-    """Verdict of "mean < δ" (A no better than B by δ when values are A − B)."""
-    verdict, _ = directional([-v for v in values], -delta)
-    return verdict, summarize(values)
-
-
-def seeds_needed(
-    kind: str, values: Sequence[float], level: float, prior_sd: float | None
-) -> int | None:
-    """Seeds at which an inconclusive verdict would resolve (80% power), at the observed spread
-    (or ``prior_sd`` with one value), assuming the observed mean is the true one.
-
-    ``kind`` is ``directional`` (distance of the mean from ``level``), ``equivalence`` (from the
-    nearer margin ±``level``), ``noninferiority`` (from −``level``) or ``nonsuperiority`` (from
-    +``level``).
-    """
-    x = np.asarray(values, float)
-    m = float(x.mean())
-    sd = float(x.std(ddof=1)) if x.size > 1 else prior_sd
-    if sd is None:
-        return None
-    if kind == "directional":
-        effect = m - level
-    elif kind == "equivalence":
-        effect = level - abs(m)
-    elif kind == "noninferiority":
-        effect = m + level
-    elif kind == "nonsuperiority":
-        effect = level - m
-    else:
-        raise ValueError(f"unknown test kind {kind!r}")
-    return seeds_for_power(effect, sd)
-
-
-TESTS: dict[str, Callable[[Sequence[float], float], tuple[str, Summary]]] = {
-    "directional": directional,
-    "equivalence": equivalence,
-    "noninferiority": non_inferiority,
-    "nonsuperiority": non_superiority,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,8 +615,6 @@ N_RANDOM_DRAWS = 5  # pairs of random Gaussian matrices for F4-2
 
 def validation_size(results, index: pd.DataFrame) -> int | None:
     """The validation split's size, from the first run's meta.json (``None`` if unknown)."""
-    from lora_repro import runs
-
     for rel in index.get("path", []):
         try:
             meta = runs.read_object(Path(results) / rel / runs.META_FILE)
@@ -768,53 +624,63 @@ def validation_size(results, index: pd.DataFrame) -> int | None:
     return None
 
 
+def adapter_runs(results, index: pd.DataFrame) -> dict[tuple[int, int], Path]:
+    """Run directories of the Wq,Wv runs on every layer that have their adapter file, by
+    (r, seed), from the index of one (task, model, group); the first by path where several match.
+    """
+    out: dict[tuple[int, int], Path] = {}
+    if index.empty:
+        return out
+    sel = index[(index["targets"] == "q,v") & index["layers"].isna()]
+    for r, seed, rel in zip(sel["r"], sel["seed"], sel["path"], strict=True):
+        path = Path(results) / rel
+        if (path / runs.ADAPTER_FILE).exists():
+            out.setdefault((int(r), int(seed)), path)
+    return out
+
+
 def gather(
     results,
-    task: str,
+    index: pd.DataFrame,
     model: str,
     layer: int | None = None,
     layers: Sequence[int] | None = None,
-    group: str = "runs",
 ) -> tuple[SubspaceData | None, list[str]]:
     """Per-seed φ grids and Table 7 statistics from the saved Wq,Wv adapters of one model.
+
+    Args:
+        results: the results folder.
+        index: the runs of one (task, model, group) (:func:`analysis.index.build_index`, filtered
+            by :func:`report`); the tree is not scanned again.
+        model: the model (its pretrained W is read from ``<results>/base_weights/``).
+        layer: the layer of the main claims; default the middle one.
+        layers: the layers of the per-layer claims; default the spread of Fig. 6 / 7.
 
     Returns:
         ``(data, problems)``: ``data`` is ``None`` when no adapter could be read; problems are
         one line each (an unreadable adapter, a missing base weight).
     """
-    from analysis import amplification as amp
-    from analysis import layer_data as ld
-    from analysis import subspace as sub
-
     problems: list[str] = []
-    recs = {}
-    for rec in ld.index_runs(results, {"group": group}):
-        s = rec.spec
-        if (
-            (s.task, s.model, s.targets) == (task, model, ("q", "v"))
-            and rec.config.get("adapter", {}).get("layers") is None
-            and ld.has_adapter(rec)
-        ):
-            recs.setdefault((s.r, s.seed), rec)
+    recs = adapter_runs(results, index)
     if not recs:
         return None, ["no Wq,Wv run with its adapter: run `make sweep SWEEP=subspace`"]
-    cache = ld.AdapterCache()
+    cache = factors.AdapterCache()
 
-    def factors(rec, w, lay):
+    def read_factors(run_dir: Path, w: str, lay: int) -> factors.LayerFactors | None:
         try:
-            return ld.layer_factors(cache.get(rec), w, lay)
+            return factors.layer_factors(cache.get(run_dir), w, lay)
         except (OSError, ValueError, KeyError) as e:
-            problems.append(f"{rec.path}: {e}")
+            problems.append(f"{run_dir}: {e}")
             return None
 
     first = next(iter(recs.values()))
     try:
-        n_layers = ld.n_layers_of(cache.get(first))
+        n_layers = factors.n_layers_of(cache.get(first))
     except (OSError, ValueError) as e:
-        return None, [f"{first.path}: {e}"]
-    layer = ld.default_layer(n_layers) if layer is None else layer
-    layers = list(layers) if layers is not None else ld.spread_layers(n_layers)
-    f0 = factors(first, "q", layer)
+        return None, [f"{first}: {e}"]
+    layer = factors.default_layer(n_layers) if layer is None else layer
+    layers = list(layers) if layers is not None else factors.spread_layers(n_layers)
+    f0 = read_factors(first, "q", layer)
     if f0 is None:
         return None, problems
     data = SubspaceData(k=f0.k, d=f0.d, layer=layer)
@@ -825,24 +691,26 @@ def gather(
             by_seed = {}
             for s in seeds:
                 if (8, s) in recs and (64, s) in recs:
-                    a, b = factors(recs[8, s], w, lay), factors(recs[64, s], w, lay)
+                    a, b = read_factors(recs[8, s], w, lay), read_factors(recs[64, s], w, lay)
                     if a is not None and b is not None:
-                        by_seed[s] = ld.phi_between(a, b, "A")
+                        by_seed[s] = factors.phi_between(a, b, "A")
             data.phi_ranks[w][lay] = by_seed
             pairs = {}
             with64 = [s for s in seeds if (64, s) in recs]
             for i, s1 in enumerate(with64):
                 for s2 in with64[i + 1 :]:
-                    a, b = factors(recs[64, s1], w, lay), factors(recs[64, s2], w, lay)
+                    a, b = read_factors(recs[64, s1], w, lay), read_factors(recs[64, s2], w, lay)
                     if a is not None and b is not None:
-                        pairs[s1, s2] = ld.phi_between(a, b, "A")
+                        pairs[s1, s2] = factors.phi_between(a, b, "A")
             data.phi_seeds[w][lay] = pairs
-    data.random_grids = [sub.random_phi_grid(data.k, 64, 64, seed=i) for i in range(N_RANDOM_DRAWS)]
+    data.random_grids = [
+        subspace.random_phi_grid(data.k, 64, 64, seed=i) for i in range(N_RANDOM_DRAWS)
+    ]
     matched = max(1, round(GPT3_R_OVER_D * data.d))
     data.r_matched = matched if any(r == matched for r, _ in recs) else None
-    base = ld.BaseWeights(results, model)
+    base = factors.BaseWeights(results, model)
     try:
-        W = amp.check_orientation(base.matrix(f0.key), f0.d, f0.k)
+        W = amplification.check_orientation(base.matrix(f0.key), f0.d, f0.k)
     except (OSError, ValueError, KeyError) as e:
         problems.append(f"base weights: {e}")
         return data, problems
@@ -850,43 +718,39 @@ def gather(
         for s in seeds:
             if (r, s) not in recs:
                 continue
-            f = factors(recs[r, s], "q", layer)
+            f = read_factors(recs[r, s], "q", layer)
             if f is None:
                 continue
-            data.table7.setdefault(r, {})[s] = amp.table7_stats(W, f.B, f.A, f.scaling)
+            data.table7.setdefault(r, {})[s] = amplification.table7_stats(W, f.B, f.A, f.scaling)
             if r in (4, 64):
-                g = amp.w_vs_dw_phi(W, sub.factored_svd(f.B, f.A).U)
+                g = amplification.w_vs_dw_phi(W, subspace.factored_svd(f.B, f.A).U)
                 data.fig8.setdefault(r, {})[s] = float(g[r - 1, r - 1])
     return data, problems
 
 
 def report(results, task: str = "rotten_tomatoes", model: str = "minilm", group: str = "runs"):
-    """Build the claims of one (task, model) from a results folder.
+    """Build the claims of one (task, model) from a results folder, scanning it once.
 
     Returns:
-        ``(claims, problems)``.
+        ``(claims, problems)``: problems are one line each, damaged runs left out first.
     """
-    from analysis import index as idx
-
     damaged: list = []
-    index = idx.build_index(results, damaged)
+    index = build_index(results, damaged)
     if not index.empty:
         index = index[(index["task"] == task) & (index["model"] == model)]
         if "group" in index:
             index = index[index["group"] == group]
-    from analysis.tables import paper_values
-
     # without saved base weights, the paper's ranks under the budget (8 / 4 / 2)
     t5 = paper_values()["table5"]
-    ranks = idx.budget_ranks(results, model) or dict(zip(t5["columns"], t5["r"], strict=True))
-    data, problems = gather(results, task, model, group=group)
+    ranks = budget_ranks(results, model) or dict(zip(t5["columns"], t5["r"], strict=True))
+    data, problems = gather(results, index, model)
 
     problems = [f"skipped (damaged, retrained by the next sweep): {d}" for d in damaged] + problems
 
     layers = sorted(data.phi_ranks.get("q", {})) if data else []
     claims = build_claims(
         index, data, paper_values(),
-        table5_ranks=ranks, table6_ranks=idx.TABLE6_RANKS,
+        table5_ranks=ranks, table6_ranks=TABLE6_RANKS,
         n_eval=validation_size(results, index), layers=layers,
     )  # fmt: skip
     return claims, problems
@@ -897,8 +761,6 @@ def write_report(
 ) -> list[Path]:
     """Atomically write ``claims.json`` (``{"claims": [...]}``) and ``claims.md``; ``skipped``
     lines (damaged runs left out) are listed in both."""
-    from lora_repro.runs import atomic_write_json, atomic_write_text, rounded
-
     out = Path(out_dir)
     c = counts(claims)
     payload = {
@@ -945,51 +807,6 @@ def screen(claims: Sequence[Claim]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analysis.claims --results results``: write results/claims.{md,json}.
-
-    Returns:
-        0; 1 when damaged runs were left out (each is listed); 2 when ``--results`` is not a
-        results folder or the report cannot be written.
-    """
-    import argparse
-    import sys
-
-    from lora_repro import runs
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default="results")
-    p.add_argument("--task", default="rotten_tomatoes")
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--group", default="runs")
-    args = p.parse_args(argv)
-    problem = runs.results_read_problem(args.results)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    from lora_repro.errors import LoraReproError
-
-    claims, problems = report(args.results, args.task, args.model, args.group)
-    header = f"{args.model} / {args.task}"
-    skipped = [line for line in problems if line.startswith("skipped")]
-    try:
-        write_report(claims, args.results, header, skipped)
-    except LoraReproError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    c = counts(claims)
-    print(f"claims ({header}): {c['holds']} hold, {c['fails']} fail, "
-          f"{c['inconclusive']} inconclusive -> {Path(args.results) / 'claims.md'}")  # fmt: skip
-    print(screen(claims))
-    for line in problems:
-        print(f"  {line}" if line in skipped else f"  note: {line}", file=sys.stderr)
-    return 1 if skipped else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def readme_block(payload: dict) -> str:
     """The compact claims table the README shows, rendered from a claims.json payload."""
     rows = []
@@ -1009,3 +826,41 @@ def readme_block(payload: dict) -> str:
         "| claim | paper says | paper | ours (95% CI) | n | verdict |\n|---|---|---|---|---|---|\n"
     )
     return head + "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analysis.claims --results results``: write results/claims.{md,json}.
+
+    Returns:
+        0; 1 when damaged runs were left out (each is listed); 2 when ``--results`` is not a
+        results folder or the report cannot be written.
+    """
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default="results")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--group", default="runs")
+    args = p.parse_args(argv)
+    problem = runs.results_read_problem(args.results)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    claims, problems = report(args.results, args.task, args.model, args.group)
+    header = f"{args.model} / {args.task}"
+    skipped = [line for line in problems if line.startswith("skipped")]
+    try:
+        write_report(claims, args.results, header, skipped)
+    except LoraReproError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    c = counts(claims)
+    print(f"claims ({header}): {c['holds']} hold, {c['fails']} fail, "
+          f"{c['inconclusive']} inconclusive -> {Path(args.results) / 'claims.md'}")  # fmt: skip
+    print(screen(claims))
+    for line in problems:
+        print(f"  {line}" if line in skipped else f"  note: {line}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

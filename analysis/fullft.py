@@ -102,9 +102,9 @@ def rank_measures(s: np.ndarray, share: float = ENERGY_SHARE) -> dict[str, float
     }
 
 
-def left_vectors(dW: np.ndarray, top: int | None = None) -> np.ndarray:
-    """Left singular vectors of ΔW (d, k) as columns, by decreasing σ: (d, top or min(d, k))."""
-    u, _, _ = np.linalg.svd(_matrix(dW, "ΔW"), full_matrices=False)
+def left_vectors(M: np.ndarray, top: int | None = None) -> np.ndarray:
+    """Left singular vectors of M (d, k) as columns, by decreasing σ: (d, top or min(d, k))."""
+    u, _, _ = np.linalg.svd(_matrix(M, "M"), full_matrices=False)
     return u if top is None else u[:, :top]
 
 

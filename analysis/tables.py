@@ -92,7 +92,7 @@ def show(v: Any) -> str:
     return str(v)
 
 
-def show3(x: Any) -> str:
+def table7_cell(x: Any) -> str:
     """A cell of Table 7: 3 significant figures, scientific below 0.01 and from 10⁴."""
     if isinstance(x, str):
         return x
@@ -178,4 +178,6 @@ def write_table7(df: pd.DataFrame, out_dir: str | os.PathLike, caption: str = ""
     tex_labels = {key: tex for key, _, tex in TABLE7_ROWS}
     flat = df.reset_index()
     raw = [tex_labels.get(str(k), latex_escape(str(k))) for k in flat["quantity"]]
-    return write_table(flat, Path(out_dir) / "table7", caption, fmt=show3, tex_cells={"label": raw})
+    return write_table(
+        flat, Path(out_dir) / "table7", caption, fmt=table7_cell, tex_cells={"label": raw}
+    )

@@ -44,8 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis import amplification as amp
-from analysis import subspace as sub
+from analysis import amplification, subspace
 from bench import common
 from lora_repro.runs import WEIGHT_TYPES
 
@@ -88,7 +87,7 @@ def _once(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def one_minus_phi(U1: np.ndarray, U2: np.ndarray) -> float:
     """1 − φ(m, m) between two (n, m) orthonormal bases: 0 when they span the same subspace."""
-    return float(1.0 - sub.phi_grid(U1, U2, check=False)[-1, -1])
+    return float(1.0 - subspace.phi_grid(U1, U2, check=False)[-1, -1])
 
 
 def compare_svd(
@@ -96,7 +95,7 @@ def compare_svd(
 ) -> dict[str, Any]:
     """Factored vs dense SVD of an n×n ΔW of rank r: times, ratio and agreement."""
     B, A = random_factors(n, n, r, rng)
-    t_fact, svd = timed(lambda: sub.factored_svd(B, A, scaling))
+    t_fact, svd = timed(lambda: subspace.factored_svd(B, A, scaling))
     row: dict[str, Any] = {"n": n, "r": r, "factored_s": t_fact, "dense_measured": dense}
     if not dense:
         return row
@@ -135,14 +134,16 @@ def module_at_scale(
     B, A = random_factors(d, d, r, rng)
     Bs, As = random_factors(d, d, r_small, rng)
     out: dict[str, Any] = {"d": d, "k": d, "r": r, "r_small": r_small}
-    out["factored_svd_s"], svd = timed(lambda: sub.factored_svd(B, A, 8.0 / r))
-    out["factored_svd_small_s"], svd_s = timed(lambda: sub.factored_svd(Bs, As, 8.0 / r_small))
-    out["phi_A_s"], grid = timed(lambda: sub.phi(As, A))
-    out["phi_dW_left_s"], _ = timed(lambda: sub.phi_grid(svd_s.U, svd.U, check=False))
+    out["factored_svd_s"], svd = timed(lambda: subspace.factored_svd(B, A, 8.0 / r))
+    out["factored_svd_small_s"], svd_s = timed(lambda: subspace.factored_svd(Bs, As, 8.0 / r_small))
+    out["phi_A_s"], grid = timed(lambda: subspace.phi(As, A))
+    out["phi_dW_left_s"], _ = timed(lambda: subspace.phi_grid(svd_s.U, svd.U, check=False))
     out["phi_grid_shape"] = list(grid.shape)
-    out["validate_W_s"], _ = timed(lambda: sub._matrix(W, "W"), 0.0, 3, 3)
-    out["proj_dW_s"], _ = timed(lambda: amp.projection_norm(W, svd.U, svd.V), 0.0, 3, 3)
-    out["proj_dW_small_s"], _ = timed(lambda: amp.projection_norm(W, svd_s.U, svd_s.V), 0.0, 3, 3)
+    out["validate_W_s"], _ = timed(lambda: subspace._matrix(W, "W"), 0.0, 3, 3)
+    out["proj_dW_s"], _ = timed(lambda: amplification.projection_norm(W, svd.U, svd.V), 0.0, 3, 3)
+    out["proj_dW_small_s"], _ = timed(
+        lambda: amplification.projection_norm(W, svd_s.U, svd_s.V), 0.0, 3, 3
+    )
     u_both = np.hstack([svd.U, svd_s.U]).T  # (r + r_small, d)
 
     def fused() -> tuple[float, float]:  # a possible fix: both ranks in one pass, W checked once
@@ -157,13 +158,13 @@ def module_at_scale(
     # ‖UᵀWV‖F cannot avoid touching W: 2·d·k·r flops for Uᵀ·W, whatever the order.
     out["proj_gflop"] = 2.0 * d * d * r / 1e9
     out["proj_gflops_per_s"] = out["proj_gflop"] / max(out["proj_dW_s"] - out["validate_W_s"], 1e-9)
-    out["random_level_s"], _ = _once(lambda: amp.random_projection_norms(W, r, n_random))
+    out["random_level_s"], _ = _once(lambda: amplification.random_projection_norms(W, r, n_random))
     out["n_random"] = n_random
     if w_svd:
         out["w_sigma_svd_s"], _ = _once(lambda: np.linalg.svd(W, compute_uv=False))
         out["w_sigma_svd_measured"] = True
         out["table7_stats_s"], _ = _once(
-            lambda: amp.table7_stats(W, B, A, 8.0 / r, n_random=n_random)
+            lambda: amplification.table7_stats(W, B, A, 8.0 / r, n_random=n_random)
         )
     return out
 
@@ -188,7 +189,8 @@ def report(
         w_stats[i] = {
             "norm_W": float(np.linalg.norm(W)),
             "random": {
-                q: float(amp.random_projection_norms(W, q, n_random).mean()) for q in ranks_t7
+                q: float(amplification.random_projection_norms(W, q, n_random).mean())
+                for q in ranks_t7
             },
         }
     w_only_s = time.perf_counter() - t0
@@ -204,17 +206,17 @@ def report(
             tb = time.perf_counter()
             factors_s += tb - ta
             svds = {
-                r: sub.factored_svd(*big, 8.0 / r),
-                r_small: sub.factored_svd(*small, 8.0 / r_small),
+                r: subspace.factored_svd(*big, 8.0 / r),
+                r_small: subspace.factored_svd(*small, 8.0 / r_small),
             }
             tc = time.perf_counter()
-            g_a = sub.phi(small[1], big[1])
-            g_l = sub.phi_grid(svds[r_small].U, svds[r].U, check=False)
+            g_a = subspace.phi(small[1], big[1])
+            g_l = subspace.phi_grid(svds[r_small].U, svds[r].U, check=False)
             td = time.perf_counter()
             W, ws = Ws[w_index[t]], w_stats[w_index[t]]
             for q in ranks_t7:
                 s = svds[q]
-                proj = amp.projection_norm(W, s.U, s.V)
+                proj = amplification.projection_norm(W, s.U, s.V)
                 rows.append(
                     {
                         "layer": layer,

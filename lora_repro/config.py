@@ -17,7 +17,6 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from lora_repro.errors import LoraReproError
-from lora_repro.runs import WEIGHT_TYPES
 
 
 class ConfigError(LoraReproError, ValueError):
@@ -198,16 +197,6 @@ def recorded(resolved: dict[str, Any]) -> dict[str, Any]:
         for key in LORA_ONLY:
             adapter[key] = None
     return resolved
-
-
-def canonical_targets(targets: Any) -> list[str]:
-    """Weight types in q, k, v, o order, each once (other names of a custom map after, in order).
-
-    ``[v, q, q]`` and ``[q, v]`` are one run: the same matrices are adapted.
-    """
-    given = [str(t) for t in targets]
-    known = [t for t in WEIGHT_TYPES if t in given]
-    return known + list(dict.fromkeys(t for t in given if t not in WEIGHT_TYPES))
 
 
 def canonical_layers(layers: Any) -> list[int] | None:

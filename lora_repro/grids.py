@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from lora_repro.config import canonical_targets
+from lora_repro.runs import canonical_targets
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SWEEP_DIR = CONF / "sweep"

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from lora_repro import runs
-from lora_repro.config import NON_IDENTITY, canonical_layers, canonical_targets
+from lora_repro.config import NON_IDENTITY, canonical_layers
 from lora_repro.errors import LoraReproError
+from lora_repro.runs import canonical_targets
 
 log = logging.getLogger("lora_repro")
 

@@ -347,7 +347,7 @@ def save_adapter(
     """Atomically write ``adapter.safetensors``: float32, keys ``<key>.lora_A.weight`` (r, k) and
     ``<key>.lora_B.weight`` (d, r), with the configuration in the header."""
     A, B = lora_state(model)
-    return runs.save_adapter(path, A, B, adapter_header(model, cfg, base_model))
+    return runs.save_adapter_factors(path, A, B, adapter_header(model, cfg, base_model))
 
 
 @torch.no_grad()

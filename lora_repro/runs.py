@@ -58,6 +58,18 @@ DELTA_FORMAT = "lora-repro-delta/1"
 WEIGHT_TYPES = ("q", "k", "v", "o")
 
 
+def canonical_targets(targets: Any) -> list[str]:
+    """Weight types in q, k, v, o order, each once (other names of a custom map after, in order).
+
+    ``[v, q, q]`` and ``[q, v]`` are one run: the same matrices are adapted. The one definition
+    of the canonical order, shared by the run config (:mod:`lora_repro.config`), the grids and
+    the analysis.
+    """
+    given = [str(t) for t in targets]
+    known = [t for t in WEIGHT_TYPES if t in given]
+    return known + list(dict.fromkeys(t for t in given if t not in WEIGHT_TYPES))
+
+
 # --------------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------------
@@ -606,7 +618,7 @@ def adapter_metadata(
     return md
 
 
-def save_adapter(
+def save_adapter_factors(
     path: str | os.PathLike,
     A: dict[str, np.ndarray],
     B: dict[str, np.ndarray],

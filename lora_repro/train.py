@@ -35,7 +35,6 @@ from lora_repro.budget import lora_param_count, resolve_budget
 from lora_repro.config import (
     ConfigError,
     canonical_layers,
-    canonical_targets,
     recorded,
     resolve_method,
     validate,
@@ -55,6 +54,7 @@ from lora_repro.lora import (
 from lora_repro.models import LoadedModel, head_modules, load_model, reset_head
 from lora_repro.precision import Precision, cpu_info
 from lora_repro.precision import resolve as resolve_precision
+from lora_repro.runs import canonical_targets
 from lora_repro.targets import Target, find_targets
 from lora_repro.tracks import Track, make_track
 

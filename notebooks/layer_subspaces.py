@@ -43,9 +43,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
-from analysis import amplification as amp  # noqa: E402
-from analysis import layer_data as ld  # noqa: E402
-from analysis import subspace as sub  # noqa: E402
+from analysis import amplification, factors, selection, subspace  # noqa: E402
 from analysis.figures import plots  # noqa: E402
 
 # %% tags=["parameters"]
@@ -64,12 +62,12 @@ SEED = 0  # seed of the random baselines
 results = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
 records = [
     r
-    for r in ld.index_runs(results, where={"group": GROUP})
+    for r in selection.index_runs(results, where={"group": GROUP})
     if (r.spec.task, r.spec.model) == (TASK, MODEL)
 ]
 if RUN_DIRS is None:
     # raises MissingRuns (naming the run and the sweep that makes it) when a rank is missing
-    pick = ld.pick_rank_pair(
+    pick = selection.pick_rank_pair(
         records, task=TASK, model=MODEL, targets=("q", "v"), seed=0, ranks=RANKS
     )
     if pick.note:
@@ -78,14 +76,14 @@ if RUN_DIRS is None:
 else:
     run_dirs = [Path(p) if Path(p).is_absolute() else ROOT / p for p in RUN_DIRS]
 
-cache = ld.AdapterCache()
+cache = factors.AdapterCache()
 adapters = [cache.get(p) for p in run_dirs]
-n_layers = ld.n_layers_of(adapters[0])
-layer = ld.default_layer(n_layers) if LAYER is None else ld.check_layer(LAYER, n_layers)
-factors = [ld.layer_factors(a, WEIGHT, layer) for a in adapters]
+n_layers = factors.n_layers_of(adapters[0])
+layer = factors.default_layer(n_layers) if LAYER is None else factors.check_layer(LAYER, n_layers)
+layer_factors = [factors.layer_factors(a, WEIGHT, layer) for a in adapters]
 labels = [
     f"r={f.r} ({Path(p).parent.name}/{Path(p).name})"
-    for f, p in zip(factors, run_dirs, strict=True)
+    for f, p in zip(layer_factors, run_dirs, strict=True)
 ]
 display(Markdown(f"**Layer {layer} of {n_layers}, ΔW{WEIGHT}**: " + " vs ".join(labels)))
 
@@ -94,20 +92,20 @@ display(Markdown(f"**Layer {layer} of {n_layers}, ΔW{WEIGHT}**: " + " vs ".join
 # `A` is the paper's view (right-singular vectors of A). `dA` needs `adapter_init.safetensors`.
 
 # %%
-f1, f2 = factors
+f1, f2 = layer_factors
 panels, phi11 = [], {}
-for view in sub.VIEWS:
+for view in subspace.VIEWS:
     try:
-        u1 = sub.view_basis(view, f1.A, f1.B, f1.A_init)
-        u2 = sub.view_basis(view, f2.A, f2.B, f2.A_init)
+        u1 = subspace.view_basis(view, f1.A, f1.B, f1.A_init)
+        u2 = subspace.view_basis(view, f2.A, f2.B, f2.A_init)
     except ValueError as e:
         print(f"view {view}: {e}")
         continue
-    grid = sub.phi_grid(u1, u2)
+    grid = subspace.phi_grid(u1, u2)
     phi11[view] = grid[0, 0]
     panels.append(plots.Panel(grid, f"{view}", f"i ({labels[0]})", f"j ({labels[1]})"))
-n = sub.basis_dim("A", f1.d, f1.k)
-rnd = sub.random_phi_grid(n, f1.r, f2.r, SEED)
+n = subspace.basis_dim("A", f1.d, f1.k)
+rnd = subspace.random_phi_grid(n, f1.r, f2.r, SEED)
 phi11["random"] = rnd[0, 0]
 panels.append(plots.Panel(rnd, "random Gaussian", "i", "j"))
 fig = plots.heatmap_figure([panels], f"φ, ΔW{WEIGHT}, layer {layer}", panel_size=(2.6, 2.2))
@@ -119,10 +117,10 @@ pd.Series(phi11, name="φ(1, 1)").to_frame()
 
 # %%
 rows = []
-for f, label in zip(factors, labels, strict=True):
+for f, label in zip(layer_factors, labels, strict=True):
     s_a = np.linalg.svd(f.A, compute_uv=False)
     s_b = np.linalg.svd(f.B, compute_uv=False)
-    s_dw = sub.factored_svd(f.B, f.A, f.scaling).S
+    s_dw = subspace.factored_svd(f.B, f.A, f.scaling).S
     fig = plots.spectrum_figure(
         {"A": s_a, "B": s_b, "ΔW (scaled)": s_dw}, f"{label}, layer {layer}"
     )
@@ -141,13 +139,13 @@ pd.DataFrame(rows)
 # Needs the pretrained W (`<results>/base_weights/<model>.safetensors`, oriented (d, k) = (out, in)).
 
 # %%
-base = ld.BaseWeights(results, MODEL)
+base = factors.BaseWeights(results, MODEL)
 if not base.exists():
     print(f"no pretrained weights at {base.path}; any finished training run of {MODEL} writes them")
 else:
     t7 = {}
-    for f, label in zip(factors, labels, strict=True):
-        t7[label] = amp.table7_stats(
+    for f, label in zip(layer_factors, labels, strict=True):
+        t7[label] = amplification.table7_stats(
             base.matrix(f.key), f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED
         )
     table7 = pd.DataFrame(t7)

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_analysis import N_LAYERS, make_results, write_run
 
-from analysis import layer_data as ld
-from analysis import subspace as sub
+from analysis import factors, selection, subspace
 from analysis.figures import Options, Report
 from analysis.figures.__main__ import main
-from analysis.layer_data import RunSpec
-from lora_repro import runs as runs_io
+from analysis.selection import RunSpec
+from lora_repro import runs
+from tests.helpers.fixtures_analysis import N_LAYERS, make_results, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--ranks", "8,32", "--table-ranks", "4,32", "--fig8-ranks", "4,8,32"]
@@ -53,10 +52,10 @@ def test_figure3_csv_equals_phi_computed_from_the_adapters(built):
     df = pd.read_csv(results / "figures" / "figure3_A.csv")
     run8 = results / "runs/rotten_tomatoes/minilm/q_v-r8-a8/seed0"
     run32 = results / "runs/rotten_tomatoes/minilm/q_v-r32-a8/seed0"
-    a8, a32 = runs_io.load_adapter(run8), runs_io.load_adapter(run32)
+    a8, a32 = runs.load_adapter(run8), runs.load_adapter(run32)
     for w in ("q", "v"):
         key = a8.key_for(w, layer)
-        expected = sub.phi(a8.A[key], a32.A[key])
+        expected = subspace.phi(a8.A[key], a32.A[key])
         part = df[(df.panel == f"dW{w}") & (df.layer == layer)]
         got = np.full(expected.shape, np.nan)
         got[part.i.to_numpy() - 1, part.j.to_numpy() - 1] = part.phi.to_numpy()
@@ -82,7 +81,7 @@ def test_summary_reports_every_view_and_random(built):
     for pair in ("ranks", "seeds"):
         block = s["phi11"][pair]
         for w in ("dWq", "dWv"):
-            assert set(block[w]) == set(sub.VIEWS)
+            assert set(block[w]) == set(subspace.VIEWS)
             assert min(block[w].values()) > 0.9  # planted direction, every view
         assert max(block["random"].values()) < 0.3
     assert set(s["table7"]) == {"4", "8", "32"}
@@ -156,7 +155,7 @@ def test_module_entry_point_runs_without_torch(tmp_path):
     """``python -m analysis.figures`` works as a process; analysis never imports torch."""
     code = (
         "import sys, runpy\n"
-        "import analysis, analysis.layer_data, analysis.tables, analysis.figures.build\n"
+        "import analysis, analysis.layer_data, analysis.tables, analysis.claims, analysis.stats, analysis.figures.build\n"
         "sys.argv = ['analysis.figures', '--results', sys.argv[1]]\n"
         "try:\n    runpy.run_module('analysis.figures', run_name='__main__')\n"
         "except SystemExit as e:\n    rc = e.code\n"
@@ -187,8 +186,8 @@ def test_figures_read_only_the_adapters_of_the_runs_they_draw(tmp_path, capsys):
     results = make_results(tmp_path)
     for targets, r in ((("k",), 8), (("q", "k", "v", "o"), 2)):  # sort before the q_v runs
         run = write_run(results, targets=targets, r=r)
-        (run / runs_io.ADAPTER_FILE).unlink()
-        (run / runs_io.ADAPTER_INIT_FILE).unlink()
+        (run / runs.ADAPTER_FILE).unlink()
+        (run / runs.ADAPTER_INIT_FILE).unlink()
     assert main(["--results", str(results), "--formats", "png", *SMALL]) == 0
     s = json.loads((results / "figures" / "summary.json").read_text())
     assert s["layer"] == N_LAYERS // 2 and s["n_layers"] == N_LAYERS
@@ -197,7 +196,7 @@ def test_figures_read_only_the_adapters_of_the_runs_they_draw(tmp_path, capsys):
 
 def test_a_drawn_run_without_its_adapter_is_left_out_of_table7_with_a_note(tmp_path, capsys):
     results = make_results(tmp_path, seed1_ranks=())
-    (results / "runs/rotten_tomatoes/minilm/q_v-r4-a8/seed0" / runs_io.ADAPTER_FILE).unlink()
+    (results / "runs/rotten_tomatoes/minilm/q_v-r4-a8/seed0" / runs.ADAPTER_FILE).unlink()
     main(["--results", str(results), "--formats", "png", *SMALL])
     out = capsys.readouterr().out
     assert "r=4 left out" in out and "adapter.safetensors" in out
@@ -299,7 +298,7 @@ def test_runs_of_another_group_are_not_drawn_unless_asked_for(tmp_path):
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert [Path(p).parts[-5] for p in summary["runs"]["ranks"]] == ["runs", "runs"]
     assert not any("runs match" in n for n in summary["notes"])
-    (rec,) = [r for r in ld.index_runs(results, where={"group": "alt"})]
+    (rec,) = [r for r in selection.index_runs(results, where={"group": "alt"})]
     assert rec.path == alt  # what --group alt draws from
 
 
@@ -312,14 +311,18 @@ def test_committed_outputs_are_byte_stable_under_last_digit_noise(tmp_path, monk
     res = tmp_path / "results"
     shutil.copytree(committed / "runs", res / "runs")
     shutil.copytree(committed / "base_weights", res / "base_weights")
-    factors, matrix = ld.layer_factors, ld.BaseWeights.matrix
+    real_factors, matrix = factors.layer_factors, factors.BaseWeights.matrix
 
     def noisy_factors(*a, **k):
-        f = factors(*a, **k)
-        return ld.LayerFactors(**{**f.__dict__, "A": f.A * (1 + 1e-12), "B": f.B * (1 - 1e-12)})
+        f = real_factors(*a, **k)
+        return factors.LayerFactors(
+            **{**f.__dict__, "A": f.A * (1 + 1e-12), "B": f.B * (1 - 1e-12)}
+        )
 
-    monkeypatch.setattr(ld, "layer_factors", noisy_factors)
-    monkeypatch.setattr(ld.BaseWeights, "matrix", lambda self, key: matrix(self, key) * (1 + 1e-12))
+    monkeypatch.setattr(factors, "layer_factors", noisy_factors)
+    monkeypatch.setattr(
+        factors.BaseWeights, "matrix", lambda self, key: matrix(self, key) * (1 + 1e-12)
+    )
     assert main(["--results", str(res), "--formats", "png"]) == 0
     for rel in ("tables/table7.csv", "figures/summary.json", "figures/summary.md"):
         assert (res / rel).read_bytes() == (committed / rel).read_bytes(), rel
@@ -328,9 +331,9 @@ def test_committed_outputs_are_byte_stable_under_last_digit_noise(tmp_path, monk
 @pytest.mark.parametrize(
     ("name", "data"),
     [
-        (runs_io.ADAPTER_FILE, b"\x10\x00\x00\x00\x00\x00\x00\x00{torn"),
-        (runs_io.STATUS_FILE, b"[1, 2]"),
-        (runs_io.SUMMARY_FILE, b"\xff\xfe not utf-8"),
+        (runs.ADAPTER_FILE, b"\x10\x00\x00\x00\x00\x00\x00\x00{torn"),
+        (runs.STATUS_FILE, b"[1, 2]"),
+        (runs.SUMMARY_FILE, b"\xff\xfe not utf-8"),
     ],
 )
 def test_a_damaged_run_is_named_and_skipped_while_the_rest_is_drawn(tmp_path, capsys, name, data):

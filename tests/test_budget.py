@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import build, one_thread  # noqa: F401 - autouse fixture: one torch thread
 
 from lora_repro.budget import (
     AUTO_RANK,
@@ -16,6 +15,9 @@ from lora_repro.budget import (
 )
 from lora_repro.lora import LoraConfig, count_lora_parameters, inject_lora
 from lora_repro.targets import find_targets
+from tests.helpers.tiny_models import build
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 # GPT-3 175B: 96 blocks, d_model 12288, every attention projection square.
 GPT3_LAYERS, GPT3_D = 96, 12288

@@ -6,14 +6,13 @@ import os
 import time
 
 import pytest
-import tiny_models
-import tiny_text
 import torch
-from conftest import compose
 from torch import nn
 
 from lora_repro import causal, runs
 from lora_repro.config import ConfigError, validate
+from tests.helpers import tiny_models, tiny_text
+from tests.helpers.configs import compose
 
 CPU = torch.device("cpu")
 

@@ -1,83 +1,23 @@
-"""The claims report (analysis/claims.py): statistics against scipy and hand cases, and claims
-that hold, fail or are inconclusive by construction."""
+"""The claims report (analysis/claims.py): claims that hold, fail or are inconclusive by
+construction, the committed report and the CLI."""
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
-from analysis import claims as C
+from analysis import claims
 from analysis.tables import paper_values
+from tests.helpers.fixtures_analysis import make_results
 
 REPO = Path(__file__).resolve().parents[1]
 RANKS5 = {"q": 8, "k": 8, "v": 8, "o": 8, "q,k": 4, "q,v": 4, "q,k,v,o": 2}
 PAPER = paper_values()
-
-
-# ------------------------------------------------------------------------------------------------
-# Statistics
-# ------------------------------------------------------------------------------------------------
-def test_interval_is_scipys_student_t():
-    x = [0.8, 1.3, 0.2, 0.9]
-    s = C.summarize(x)
-    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
-    assert (s.n, s.mean) == (4, pytest.approx(0.8)) and (s.lo, s.hi) == (
-        pytest.approx(lo),
-        pytest.approx(hi),
-    )
-    assert C.summarize([3.0]) == C.Summary(1, 3.0, None, None, None)
-
-
-def test_one_sided_bounds_are_the_90_percent_interval():
-    x = [1.0, 2.0, 4.0]
-    lo, hi = C.one_sided_bounds(x)
-    assert (lo, hi) == pytest.approx(stats.t.interval(0.90, 2, loc=np.mean(x), scale=stats.sem(x)))
-
-
-def test_power_and_seeds_needed_hand_case():
-    # one-sided one-sample t at 5%, effect = 1 sd: the textbook n for 80% power is 8
-    assert C.seeds_for_power(1.0, 1.0) == 8
-    assert C.power_one_sided(1.0, 1.0, 7) < 0.8 <= C.power_one_sided(1.0, 1.0, 8)
-    # power equals a direct noncentral-t computation
-    n, d = 5, 0.7
-    crit = stats.t.ppf(0.95, n - 1)
-    assert C.power_one_sided(d, 1.0, n) == pytest.approx(
-        stats.nct.sf(crit, n - 1, d * math.sqrt(n))
-    )
-    assert C.seeds_for_power(0.0, 1.0) is None and C.seeds_for_power(1e-3, 1.0) is None
-
-
-@pytest.mark.parametrize(
-    ("values", "level", "verdict"),
-    [([1.0, 1.2, 0.9], 0.0, "holds"), ([-1.0, -1.2, -0.9], 0.0, "fails"),
-     ([1.0, -1.0, 0.5], 0.0, "inconclusive"), ([2.0], 0.0, "inconclusive"),
-     ([0.6, 0.7, 0.65], 0.5, "holds")],
-)  # fmt: skip
-def test_directional(values, level, verdict):
-    assert C.directional(values, level)[0] == verdict
-
-
-@pytest.mark.parametrize(
-    ("values", "verdict"),
-    [([0.1, -0.1, 0.05], "holds"), ([5.0, 5.2, 4.9], "fails"), ([-5.0, -5.2, -4.9], "fails"),
-     ([0.9, -0.9, 2.5], "inconclusive"), ([0.0], "inconclusive")],
-)  # fmt: skip
-def test_equivalence_tost(values, verdict):
-    assert C.equivalence(values, 1.0)[0] == verdict
-
-
-def test_non_inferiority_and_non_superiority():
-    assert C.non_inferiority([-0.2, 0.1, -0.1], 1.0)[0] == "holds"
-    assert C.non_inferiority([-3.0, -3.2, -2.9], 1.0)[0] == "fails"
-    assert C.non_superiority([-2.0, -1.5, -1.8], 1.0)[0] == "holds"  # worse is "does not help"
-    assert C.non_superiority([3.0, 3.2, 2.9], 1.0)[0] == "fails"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,12 +39,12 @@ def table5_cells(qv: list[float], single: float, noise=(0.0, 0.3, -0.3)) -> dict
     return cells
 
 
-def by_id(claims):
-    return {c.id: c for c in claims}
+def by_id(built):
+    return {c.id: c for c in built}
 
 
 def claims_of(index, data=None):
-    return by_id(C.build_claims(index, data, PAPER, table5_ranks=RANKS5,
+    return by_id(claims.build_claims(index, data, PAPER, table5_ranks=RANKS5,
                                 table6_ranks=[1, 2, 4, 8, 64], n_eval=1275))  # fmt: skip
 
 
@@ -137,7 +77,7 @@ def test_missing_inputs_name_the_sweep_and_never_crash():
     assert all(c.verdict == "inconclusive" for c in got.values())
     assert any("make sweep SWEEP=table5" in m for m in got["T5-1"].missing)
     assert any("SWEEP=subspace" in m for m in got["F3-1"].missing)
-    frame = C.claims_frame(list(got.values()))
+    frame = claims.claims_frame(list(got.values()))
     assert set(frame["verdict"]) == {"inconclusive"}
 
 
@@ -150,8 +90,10 @@ def grid(first: float, rest: float, shape=(8, 64)) -> np.ndarray:
     return g
 
 
-def data_with(phi11: float, rest: float, shared_q: int, shared_v: int, k=384) -> C.SubspaceData:
-    d = C.SubspaceData(k=k, d=k, layer=3)
+def data_with(
+    phi11: float, rest: float, shared_q: int, shared_v: int, k=384
+) -> claims.SubspaceData:
+    d = claims.SubspaceData(k=k, d=k, layer=3)
     for w in ("q", "v"):
         d.phi_ranks[w] = {3: {s: grid(phi11 + 0.01 * s, rest) for s in range(3)}}
     pairs = [(0, 1), (0, 2), (1, 2)]
@@ -179,15 +121,15 @@ def test_f3_and_f4_verdicts_by_construction():
 def test_shared_directions_counts_against_the_random_level():
     g = np.zeros((64, 64))
     g[0, 0], g[1, 1], g[2, 2] = 0.9, 2.1 * 2 / 384, 1.9 * 3 / 384
-    assert C.shared_directions(g, 384) == 2
+    assert claims.shared_directions(g, 384) == 2
 
 
 def test_random_matrices_match_the_closed_form():
-    from analysis import subspace as sub
+    from analysis import subspace
 
-    d = C.SubspaceData(k=384, d=384, layer=0)
-    d.random_grids = [sub.random_phi_grid(384, 64, 64, seed=i) for i in range(5)]
-    (f42,) = [c for c in C.f4_claims(d, 0) if c.id == "F4-2"]
+    d = claims.SubspaceData(k=384, d=384, layer=0)
+    d.random_grids = [subspace.random_phi_grid(384, 64, 64, seed=i) for i in range(5)]
+    (f42,) = [c for c in claims.f4_claims(d, 0) if c.id == "F4-2"]
     assert f42.verdict == "holds" and abs(f42.parts[0].mean) < 0.01
 
 
@@ -204,12 +146,10 @@ def test_readme_shows_the_committed_claims_table():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- claims:start -->\n(.*?)<!-- claims:end -->", readme, re.S)
     assert block, "README has no claims block"
-    assert block.group(1) == C.readme_block(payload)
+    assert block.group(1) == claims.readme_block(payload)
 
 
 def test_the_cli_lists_damaged_runs_and_exits_1(tmp_path, capsys):
-    from fixtures_analysis import make_results
-
     from lora_repro import runs
 
     results = make_results(tmp_path)
@@ -218,12 +158,28 @@ def test_the_cli_lists_damaged_runs_and_exits_1(tmp_path, capsys):
         cfg["adapter"]["scaling"] = "standard"
         cfg["train"] = {"lr": 4e-3, "max_steps": 3}
         runs.atomic_write_yaml(cfg_path, cfg)
-    assert C.main(["--results", str(results)]) == 0
+    assert claims.main(["--results", str(results)]) == 0
     damaged = results / "runs/rotten_tomatoes/minilm/q_v-r8-a8/seed0/meta.json"
     damaged.write_bytes(b"[1, 2]")
-    assert C.main(["--results", str(results)]) == 1
+    assert claims.main(["--results", str(results)]) == 1
     err = capsys.readouterr().err
     assert f"skipped (damaged, retrained by the next sweep): {damaged}: holds list" in err
     payload = json.loads((results / "claims.json").read_text(encoding="utf-8"))
     assert any(str(damaged) in line for line in payload["skipped"])
     assert str(damaged) in (results / "claims.md").read_text(encoding="utf-8")
+
+
+def test_gather_reads_only_the_runs_of_the_index_it_is_given(tmp_path):
+    """The caller's index is the one scan of the tree: a run left out of it is never read."""
+    results = make_results(tmp_path, ranks=(8, 64), seed1_ranks=(64,), d=64, k=64)
+    rows = [
+        {"targets": "q,v", "layers": None, "r": r, "seed": s,
+         "path": f"runs/rotten_tomatoes/minilm/q_v-r{r}-a8/seed{s}"}
+        for r, s in ((8, 0), (64, 0), (64, 1))
+    ]  # fmt: skip
+    data, problems = claims.gather(results, pd.DataFrame(rows), "minilm")
+    assert problems == [] and (data.layer, data.k) == (2, 64)
+    assert list(data.phi_ranks["q"][2]) == [0] and data.phi_ranks["q"][2][0][0, 0] > 0.9
+    assert list(data.phi_seeds["v"][2]) == [(0, 1)] and sorted(data.table7) == [64]
+    data, _ = claims.gather(results, pd.DataFrame(rows[:2]), "minilm")  # seed 1 left out
+    assert data.phi_seeds["v"][2] == {} and list(data.table7[64]) == [0]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF, compose
 
-from lora_repro.config import ConfigError, canonical_layers, canonical_targets
+from lora_repro.config import ConfigError, canonical_layers
+from lora_repro.runs import canonical_targets
+from tests.helpers.configs import CONF, compose
 
 
 def test_every_config_composes():

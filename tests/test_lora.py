@@ -16,21 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_models import (
-    EXPECTED,
-    FAMILIES,
-    FUSED,
-    HEAD_DIM,
-    HEADS,
-    HIDDEN,
-    LAYERS,
-    PLAIN_LINEAR,
-    build,
-    forward,
-    input_ids,
-    one_thread,  # noqa: F401 - autouse fixture: one torch thread for this module
-    set_random_B,
-)
 
 from lora_repro import budget, runs
 from lora_repro.lora import (
@@ -54,11 +39,28 @@ from lora_repro.lora import (
     unmerge_lora,
 )
 from lora_repro.targets import find_targets
+from tests.helpers.tiny_models import (
+    EXPECTED,
+    FAMILIES,
+    FUSED,
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    LAYERS,
+    PLAIN_LINEAR,
+    build,
+    forward,
+    input_ids,
+    set_random_B,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:.*is_gradient_checkpointing.* is deprecated:FutureWarning"  # raised inside peft
-)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # one torch thread for this module (conftest)
+    pytest.mark.filterwarnings(
+        "ignore:.*is_gradient_checkpointing.* is deprecated:FutureWarning"  # raised inside peft
+    ),
+]
 
 R, ALPHA = 4, 8.0  # s = α/r = 2, so a missing or wrong scaling shows
 

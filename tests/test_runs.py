@@ -154,7 +154,7 @@ def test_save_load_adapter_round_trip(tmp_path):
     A, B = _factors()
     A0, _ = _factors(seed=1)
     md = _metadata(scaling_rule="standard", dropout=0.1)
-    f = runs.save_adapter(tmp_path / "run" / runs.ADAPTER_FILE, A, B, md)
+    f = runs.save_adapter_factors(tmp_path / "run" / runs.ADAPTER_FILE, A, B, md)
     runs.atomic_save_safetensors(
         {f"{k}.lora_A.weight": v for k, v in A0.items()}, tmp_path / "run" / runs.ADAPTER_INIT_FILE
     )
@@ -184,7 +184,7 @@ def test_save_load_adapter_round_trip(tmp_path):
 
 def test_adapter_helpers(tmp_path):
     A, B = _factors()
-    ad = runs.load_adapter(runs.save_adapter(tmp_path / "a.safetensors", A, B, _metadata()))
+    ad = runs.load_adapter(runs.save_adapter_factors(tmp_path / "a.safetensors", A, B, _metadata()))
     assert ad.A_init is None
     assert ad.key_for("v", 1) == "enc.layer.1.v"
     assert ad.layers() == [0, 1]
@@ -202,10 +202,10 @@ def test_adapter_helpers(tmp_path):
     np.testing.assert_allclose(ad.delta_w(key, scaled=False), expected / 2.0, rtol=1e-12)
 
 
-def test_save_adapter_rejects_inconsistent_factors(tmp_path):
+def test_save_adapter_factors_rejects_inconsistent_factors(tmp_path):
     A, B = _factors()
     with pytest.raises(ValueError, match="A and B name different modules: \\['extra'\\]"):
-        runs.save_adapter(
+        runs.save_adapter_factors(
             tmp_path / "a.safetensors", {**A, "extra": A["enc.layer.0.q"]}, B, _metadata()
         )
     B_bad = {**B, "enc.layer.0.q": np.zeros((32, 5), np.float32)}
@@ -214,7 +214,7 @@ def test_save_adapter_rejects_inconsistent_factors(tmp_path):
         match=r"enc.layer.0.q: A is \(4, 24\) but B is \(32, 5\); "
         r"expected A \(r, k\), B \(d, r\)",
     ):
-        runs.save_adapter(tmp_path / "a.safetensors", A, B_bad, _metadata())
+        runs.save_adapter_factors(tmp_path / "a.safetensors", A, B_bad, _metadata())
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_fixture import REPO, SlurmCluster, slurm_cluster_fixture  # noqa: F401  ("slurm_cluster")
+
+from tests.helpers.slurm_fixture import REPO, SlurmCluster, slurm_cluster_fixture  # noqa: F401  ("slurm_cluster")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -4,17 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import (  # one_thread: autouse fixture, one torch thread here
-    EXPECTED,
-    FAMILIES,
-    HEAD_DIM,
-    HEADS,
-    HIDDEN,
-    LAYERS,
-    build,
-    forward,
-    one_thread,  # noqa: F401
-)
 
 from lora_repro.config import ConfigError
 from lora_repro.lora import LoraConfig, count_lora_parameters, inject_lora
@@ -26,6 +15,18 @@ from lora_repro.targets import (
     linear_module_names,
     num_layers,
 )
+from tests.helpers.tiny_models import (
+    EXPECTED,
+    FAMILIES,
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    LAYERS,
+    build,
+    forward,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 # family -> weight type -> module name in block 1 of the bare model (written from the model code)
 NAMES = {

@@ -5,9 +5,6 @@ models (fast tier)."""
 from __future__ import annotations
 
 import pytest
-import task_fixtures
-import tiny_text
-from conftest import CONF, compose
 
 from lora_repro import runs
 from lora_repro.config import ConfigError, validate
@@ -30,6 +27,8 @@ from lora_repro.metrics import (
     sacrebleu_scores,
 )
 from lora_repro.train import fit
+from tests.helpers import task_fixtures, tiny_text
+from tests.helpers.configs import CONF, compose
 
 PAPER_TASKS = ("mnli", "sst2", "wikisql", "samsum", "e2e_nlg")
 GENERATION = ("wikisql", "samsum", "e2e_nlg")

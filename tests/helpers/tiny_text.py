@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tiny_models
 import torch
+
+from tests.helpers import tiny_models
 
 SPECIALS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
 WORDS = (

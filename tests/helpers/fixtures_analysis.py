@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_repro import runs as runs_io
+from lora_repro import runs
 
 TASK = "rotten_tomatoes"
 MODEL = "minilm"
@@ -35,10 +35,10 @@ PLANT_SCALE = 2.0
 NOISE = 0.02
 
 
-def module_info(t: str, layer: int, d: int = D, k: int = K) -> runs_io.ModuleInfo:
+def module_info(t: str, layer: int, d: int = D, k: int = K) -> runs.ModuleInfo:
     """The :class:`ModuleInfo` of weight type ``t`` at block ``layer``."""
     path = MODULE_PATHS[t].format(l=layer)
-    return runs_io.ModuleInfo(key=path, module=path, type=t, layer=layer, d=d, k=k)
+    return runs.ModuleInfo(key=path, module=path, type=t, layer=layer, d=d, k=k)
 
 
 def planted(t: str, layer: int, d: int = D, k: int = K) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +88,7 @@ def write_run(
             b = rng.normal(0.0, NOISE, (d, r))
             b[:, 0] += PLANT_SCALE * b_star
             modules[info.key], A[info.key], B[info.key], A0[info.key] = info, a, b, a_init
-    md = runs_io.adapter_metadata(
+    md = runs.adapter_metadata(
         r=r,
         alpha=alpha,
         scaling=alpha / r,
@@ -98,11 +98,11 @@ def write_run(
         modules=modules,
         n_layers=n_layers,
     )
-    runs_io.save_adapter(run / runs_io.ADAPTER_FILE, A, B, md)
+    runs.save_adapter_factors(run / runs.ADAPTER_FILE, A, B, md)
     if with_init:
-        runs_io.atomic_save_safetensors(
+        runs.atomic_save_safetensors(
             {f"{key}.lora_A.weight": v.astype(np.float32) for key, v in A0.items()},
-            run / runs_io.ADAPTER_INIT_FILE,
+            run / runs.ADAPTER_INIT_FILE,
         )
     cfg = {
         "model": {"name": model, "id": "fixture/minilm"},
@@ -111,10 +111,10 @@ def write_run(
         "seed": seed,
         "group": group,
     }
-    runs_io.atomic_write_yaml(run / runs_io.CONFIG_FILE, cfg)
-    runs_io.atomic_write_json(run / runs_io.META_FILE, {"seed": seed, "fixture": True})
-    runs_io.atomic_write_json(run / runs_io.SUMMARY_FILE, {"r": r, "val_accuracy": 0.8})
-    runs_io.atomic_write_json(run / runs_io.STATUS_FILE, {"status": "success"})
+    runs.atomic_write_yaml(run / runs.CONFIG_FILE, cfg)
+    runs.atomic_write_json(run / runs.META_FILE, {"seed": seed, "fixture": True})
+    runs.atomic_write_json(run / runs.SUMMARY_FILE, {"r": r, "val_accuracy": 0.8})
+    runs.atomic_write_json(run / runs.STATUS_FILE, {"status": "success"})
     return run
 
 
@@ -141,13 +141,11 @@ def make_results(
     if with_base:
         w = base_weights(d, k, n_layers)
         infos = {key: _info_for_key(key, d, k) for key in w}
-        runs_io.save_base_weights(
-            runs_io.base_weights_path(results, MODEL), w, infos, "fixture/minilm"
-        )
+        runs.save_base_weights(runs.base_weights_path(results, MODEL), w, infos, "fixture/minilm")
     return results
 
 
-def _info_for_key(key: str, d: int, k: int) -> runs_io.ModuleInfo:
+def _info_for_key(key: str, d: int, k: int) -> runs.ModuleInfo:
     layer = int(key.split(".")[3])
     t = next(t for t, p in MODULE_PATHS.items() if p.format(l=layer) == key)
     return module_info(t, layer, d, k)
