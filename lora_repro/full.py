@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from lora_repro import runs
-from lora_repro.runs import canonical_targets
 from lora_repro.lora import base_weights, module_infos
+from lora_repro.runs import canonical_targets
 from lora_repro.targets import Target, TargetError, num_layers
 
 

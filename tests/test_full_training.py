@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from tests.helpers.configs import FAST, compose
 
 from lora_repro import lifecycle, runs
 from lora_repro.config import METHOD_LR, ConfigError, recorded, resolve_method
 from lora_repro.targets import Target, TargetError
+from tests.helpers.configs import FAST, compose
 
 
 def test_lr_defaults_by_method_and_lora_runs_keep_their_identity():

@@ -132,6 +132,8 @@ def test_intruder_counts_agree_with_peft():
     for line in lines:
         if ": " in line and "Enabling" not in line:
             module, what = line.split(": ", 1)
-            theirs[module.rsplit(".", 1)[-1]] = 0 if what == "No intruders" else int(what.split()[-1])
+            theirs[module.rsplit(".", 1)[-1]] = (
+                0 if what == "No intruders" else int(what.split()[-1])
+            )
     assert ours["query"] > 0 and ours["value"] == 0
     assert theirs == ours
