@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import amplification, factors, subspace
+from analysis import amplification, factors, fullft, subspace
 from analysis.index import TABLE6_RANKS, budget_ranks, build_index
 from analysis.stats import ALPHA, TESTS, VERDICTS, seeds_needed
 from analysis.tables import paper_values
@@ -521,6 +521,89 @@ def table7_claims(data: SubspaceData, paper: dict) -> list[Claim]:
     return claims
 
 
+# Full fine-tuning references (post-paper): levels fixed before the runs were looked at.
+# "Far from low rank": a 90%-energy rank at least ten times the rank Table 6 finds sufficient
+# (r = 8); Biderman et al. measure 10-100x typical LoRA ranks.
+FAR_FACTOR = 10
+SUFFICIENT_R = 8
+# "(Almost) none": fewer than one intruder among a matrix's top 10 directions on average.
+ALMOST_NONE = 1.0
+
+
+def fullft_claims(frame: pd.DataFrame | None, d: int | None) -> list[Claim]:
+    """FT-1..FT-3: the references that came after the paper, on full fine-tuning runs.
+
+    Args:
+        frame: per-matrix measurements (``analysis.figures.fullft.Measured.frame()``: one row per
+            method, r, seed, type and layer), ``None`` without full fine-tuning runs.
+        d: output dimension of Wq (the random level of φ).
+    """
+    need = ["full fine-tuning of Wq,Wv: run `make sweep SWEEP=full`"]
+    if frame is None or frame.empty or not (frame["method"] == "full").any():
+        frame, missing = None, need
+    else:
+        missing = []
+
+    def per_seed(t: str, col: str, method: str, r: int | None = None) -> dict[int, float]:
+        if frame is None:
+            return {}
+        sel = frame[(frame["type"] == t) & (frame["method"] == method)]
+        if r is not None:
+            sel = sel[sel["r"] == r]
+        if col not in sel:
+            return {}
+        return {int(s): float(v) for s, v in sel.groupby("seed")[col].mean().dropna().items()}
+
+    level = FAR_FACTOR * SUFFICIENT_R
+    g90 = float(fullft.gaussian_energy_rank(d, d)) if d else None
+    p1, p2, p3 = [], [], []
+    for t in ("q", "v"):
+        p1.append(_phi_part(f"90%-energy rank of full FT's ΔW{t} (mean over layers)",
+                            per_seed(t, "energy_rank", "full"), lambda v: v, "directional",
+                            level, random=g90, units="directions"))  # fmt: skip
+        p1.append(_phi_part(f"90%-energy rank of LoRA r=64's ΔW{t}",
+                            per_seed(t, "energy_rank", "lora", 64), lambda v: v, "directional",
+                            level, units="directions"))  # fmt: skip
+        p1[-1].judged = False
+        p2.append(_phi_part(f"φ(1,8): LoRA r=8's top direction of ΔW{t} in full FT's top-8",
+                            per_seed(t, "phi_top1_full", "lora", 8), lambda v: v, "directional",
+                            SHARE_LEVEL, random=8 / d if d else None))  # fmt: skip
+        lora, full = per_seed(t, "intruders", "lora", 8), per_seed(t, "intruders", "full")
+        seeds, diffs = paired(lora, full)
+        p3.append(Part(
+            label=f"intruders per matrix, LoRA r=8 − full FT, ΔW{t}", test="directional",
+            level=0.0, values=diffs, seeds=seeds, units="directions",
+            random=None, prior_sd=PRIOR_SD["directions"],
+        ).evaluate())  # fmt: skip
+        p3.append(_phi_part(f"intruders per matrix, full FT, ΔW{t}", full, lambda v: v,
+                            "nonsuperiority", ALMOST_NONE, units="directions",
+                            random=float(np.mean(list(per_seed(t, "intruders_random", "full")
+                                                      .values()) or [np.nan]))))  # fmt: skip
+        for r in (1, 64):
+            p3.append(_phi_part(f"intruders per matrix, LoRA r={r}, ΔW{t}",
+                                per_seed(t, "intruders", "lora", r), lambda v: v,
+                                "directional", 0.0, units="directions"))  # fmt: skip
+            p3[-1].judged = False
+    return [
+        Claim("FT-1", "Biderman et al. 2024 (after the paper)",
+              "Full fine-tuning's ΔW is far from low rank: its 90%-energy rank is 10-100× the "
+              "LoRA ranks.",
+              f"90%-energy rank of full FT's ΔW > {FAR_FACTOR} × r={SUFFICIENT_R} = {level} "
+              "(one-sided t over seeds; LoRA r=64 shown, not judged)",
+              p1, missing=missing),
+        Claim("FT-2", "§7.2 question, against full fine-tuning",
+              "LoRA's top direction lies in full fine-tuning's top subspace.",
+              f"φ(1,8) between LoRA r=8's top left singular vector of ΔW and full FT's top-8 > "
+              f"{SHARE_LEVEL:g} (one-sided t over seeds, mean over layers)",
+              p2, missing=missing),
+        Claim("FT-3", "Shuttleworth et al. 2024 (after the paper)",
+              "LoRA has intruder dimensions and full fine-tuning has (almost) none.",
+              f"LoRA r=8 − full FT intruders per matrix > 0 (paired by seed) and full FT < "
+              f"{ALMOST_NONE:g} per matrix (non-superiority); top 10, |cos| < 0.5",
+              p3, missing=missing),
+    ]  # fmt: skip
+
+
 def build_claims(
     index: pd.DataFrame,
     data: SubspaceData | None,
@@ -530,8 +613,11 @@ def build_claims(
     table6_ranks: Sequence[int],
     n_eval: int | None = None,
     layers: Sequence[int] = (),
+    full: pd.DataFrame | None = None,
+    d_full: int | None = None,
 ) -> list[Claim]:
-    """Every claim, in the paper's order; layer claims (F3-1, F4-1 per layer) last.
+    """Every claim, in the paper's order, then the full fine-tuning references (FT-1..FT-3);
+    layer claims (F3-1, F4-1 per layer) last.
 
     Args:
         index: one row per finished run (``analysis.index.build_index``), one (task, model).
@@ -541,6 +627,9 @@ def build_claims(
         table6_ranks: Table 6's ranks.
         n_eval: validation-set size (the prior spread of one-seed accuracy verdicts).
         layers: the layers of the per-layer claims.
+        full: per-matrix measurements of full fine-tuning and LoRA
+            (:meth:`analysis.fullft.Measured.frame`), ``None`` without full fine-tuning runs.
+        d_full: output dimension of the compared Wq (the random level of φ).
     """
     prior = spread_prior(index, n_eval)
     out = table5_claims(index, table5_ranks, paper, prior)
@@ -550,6 +639,7 @@ def build_claims(
     out += f3_claims(data, data.layer)
     out += f4_claims(data, data.layer)
     out += table7_claims(data, paper)
+    out += fullft_claims(full, d_full)
     for layer in layers:
         if layer == data.layer:
             continue
@@ -632,6 +722,8 @@ def adapter_runs(results, index: pd.DataFrame) -> dict[tuple[int, int], Path]:
     if index.empty:
         return out
     sel = index[(index["targets"] == "q,v") & index["layers"].isna()]
+    if "method" in sel:
+        sel = sel[sel["method"] == "lora"]
     for r, seed, rel in zip(sel["r"], sel["seed"], sel["path"], strict=True):
         path = Path(results) / rel
         if (path / runs.ADAPTER_FILE).exists():
@@ -736,10 +828,13 @@ def report(results, task: str = "rotten_tomatoes", model: str = "minilm", group:
     """
     damaged: list = []
     index = build_index(results, damaged)
+    found = None
     if not index.empty:
         index = index[(index["task"] == task) & (index["model"] == model)]
         if "group" in index:
             index = index[index["group"] == group]
+        found = fullft.runs_from_index(results, index)
+        index = index[index["method"] == "lora"]
     # without saved base weights, the paper's ranks under the budget (8 / 4 / 2)
     t5 = paper_values()["table5"]
     ranks = budget_ranks(results, model) or dict(zip(t5["columns"], t5["r"], strict=True))
@@ -748,10 +843,18 @@ def report(results, task: str = "rotten_tomatoes", model: str = "minilm", group:
     problems = [f"skipped (damaged, retrained by the next sweep): {d}" for d in damaged] + problems
 
     layers = sorted(data.phi_ranks.get("q", {})) if data else []
+    full, d_full = None, None
+    if found is not None and found.full:
+        try:
+            measured = fullft.measure(results, model, found)
+            full, d_full = measured.frame(), measured.d
+            problems += measured.problems
+        except (OSError, ValueError, KeyError) as e:
+            problems.append(f"full fine-tuning not measured: {e}")
     claims = build_claims(
         index, data, paper_values(),
         table5_ranks=ranks, table6_ranks=TABLE6_RANKS,
-        n_eval=validation_size(results, index), layers=layers,
+        n_eval=validation_size(results, index), layers=layers, full=full, d_full=d_full,
     )  # fmt: skip
     return claims, problems
 

@@ -15,17 +15,32 @@ with the measures the literature after the paper uses:
   singular vector of W0 is below ε (k = 10, ε = 0.5);
 * Table 7's projection ‖UᵀWV‖F on full fine-tuning's top-r directions.
 
-Every function takes numpy arrays, computes in float64 and returns plain numbers or arrays.
-Matrices are oriented (d, k) = (out, in), like W0 and LoRA's ΔW.
+Every measure takes numpy arrays, computes in float64 and returns plain numbers or arrays.
+Matrices are oriented (d, k) = (out, in), like W0 and LoRA's ΔW. :func:`find` and :func:`measure`
+apply them to the run directories of a results folder (Wq and Wv of every layer, every seed),
+for the figures (``analysis.figures.fullft``) and the claims report.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from analysis.amplification import check_orientation, table7_stats
-from analysis.subspace import _matrix, phi_grid
+from analysis.subspace import _matrix, factored_svd, phi_grid
+from lora_repro import runs
 
+TYPES = ("q", "v")  # the weight types compared (Section 7's Wq and Wv)
+SPECTRA_RANKS = (1, 8, 64)  # LoRA ranks drawn against full fine-tuning
+PHI_RANKS = (8, 64)  # LoRA ranks whose φ grid against full fine-tuning is kept
+PHI_TOP = 64  # full fine-tuning directions in that grid
+SHARED_TOP = 8  # LoRA's top direction is compared with full fine-tuning's top-8
+PROJ_RANKS = (4, 64)  # Table 7's ranks
 ENERGY_SHARE = 0.9
 """Share of ‖ΔW‖F² that :func:`energy_rank` explains (Biderman et al. 2024: 90%)."""
 INTRUDER_TOP_K = 10
@@ -210,3 +225,169 @@ def full_table7(W: np.ndarray, dW: np.ndarray, r: int, **kwargs) -> dict[str, fl
     out["energy_share"] = float(np.sum(s[:r] ** 2) / np.sum(s**2)) if s[0] > 0 else float("nan")
     out["norm_dW_total"] = float(np.sqrt(np.sum(s**2)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# From run directories
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Runs:
+    """The runs of one (task, model) that the comparison reads.
+
+    Attributes:
+        full: ``seed -> run directory`` of full fine-tuning of Wq,Wv (or of a superset of them).
+        lora: ``(r, seed) -> run directory`` of LoRA on Wq,Wv.
+    """
+
+    full: dict[int, Path] = field(default_factory=dict)
+    lora: dict[tuple[int, int], Path] = field(default_factory=dict)
+
+
+def _default_settings(cfg: dict[str, Any]) -> bool:
+    a = cfg.get("adapter") or {}
+    return a.get("layers") is None and not a.get("target_modules") and cfg.get("group") == "runs"
+
+
+def find(results: str | Path, damaged: list | None = None) -> dict[tuple[str, str], Runs]:
+    """Full fine-tuning and LoRA runs of Wq,Wv per (task, model), default settings only
+    (group ``runs``, every layer). Full fine-tuning of {q,v} is preferred over {q,k,v,o} for a
+    seed; both adapt every layer's Wq and Wv."""
+    out: dict[tuple[str, str], Runs] = {}
+    for run_dir, cfg in sorted(runs.iter_finished(results, damaged)):
+        if not _default_settings(cfg):
+            continue
+        a = cfg["adapter"]
+        targets = [t for t in runs.WEIGHT_TYPES if t in a.get("targets", [])]
+        key = (cfg["task"]["name"], cfg["model"]["name"])
+        seed = int(cfg["seed"])
+        if a.get("method", "lora") == "full" and set(TYPES) <= set(targets):
+            have = out.setdefault(key, Runs()).full
+            if seed not in have or targets == list(TYPES):
+                have[seed] = run_dir
+        elif a.get("method", "lora") == "lora" and targets == list(TYPES):
+            out.setdefault(key, Runs()).lora.setdefault((int(a["r"]), seed), run_dir)
+    return {k: v for k, v in out.items() if v.full}
+
+
+def runs_from_index(results: str | Path, index: pd.DataFrame) -> Runs:
+    """:class:`Runs` from the rows of an index (``analysis.index.build_index``) of one (task,
+    model, group), with the same choice as :func:`find`: every layer, full fine-tuning of {q,v}
+    preferred over a superset for a seed."""
+    out = Runs()
+    sel = index[index["layers"].isna()] if "layers" in index else index
+    for _, row in sel.sort_values("path").iterrows():
+        targets, seed, path = (
+            row["targets"].split(","),
+            int(row["seed"]),
+            Path(results) / row["path"],
+        )
+        if row["method"] == "full" and set(TYPES) <= set(targets):
+            if seed not in out.full or targets == list(TYPES):
+                out.full[seed] = path
+        elif row["method"] == "lora" and targets == list(TYPES):
+            out.lora.setdefault((int(row["r"]), seed), path)
+    return out
+
+
+@dataclass
+class Measured:
+    """Per-matrix measurements of one (task, model).
+
+    Attributes:
+        rows: one dict per (method, r, seed, type, layer): the rank measures, ``intruders``,
+            ``intruders_random``, ``proj_ratio_<r>`` (‖UᵀWV‖F on ΔW's top-r over the random level
+            r·‖W‖F/√(dk)), and for LoRA ``phi_top1_full`` (φ(1, 8) against the same seed's full
+            fine-tuning).
+        spectra: ``(method label, seed, type, layer) -> singular values``.
+        phi: ``(r, seed, type, layer) -> (r, PHI_TOP) grid`` of LoRA vs full fine-tuning.
+        n_layers: blocks of the model.
+        d: rows of Wq (the dimension of the left singular vectors).
+        problems: runs or matrices that could not be read, one line each.
+    """
+
+    rows: list[dict[str, Any]]
+    spectra: dict[tuple[str, int, str, int], np.ndarray]
+    phi: dict[tuple[int, int, str, int], np.ndarray]
+    n_layers: int
+    d: int
+    problems: list[str] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """:attr:`rows` as a DataFrame."""
+        return pd.DataFrame(self.rows)
+
+
+def _proj_ratio(W: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
+    """‖UᵀWV‖F over the random level r·‖W‖F/√(dk) = √E‖UᵀWV‖F² for Haar-random U, V."""
+    d, k = W.shape
+    r = U.shape[1]
+    return float(np.linalg.norm(U.T @ W @ V) / (r * np.linalg.norm(W) / np.sqrt(d * k)))
+
+
+def _measure_matrix(W0, U0, dW_u, dW_s, dW_vt, seed: int) -> dict[str, float]:
+    dense = (dW_u * dW_s) @ dW_vt
+    row = rank_measures(dW_s)
+    row["intruders"] = intruders(W0, dense, U0=U0)["count"]
+    row["intruders_random"] = intruders(W0, random_like(dense, seed, dW_s), U0=U0)["count"]
+    for r in PROJ_RANKS:
+        if np.count_nonzero(dW_s > dW_s[0] * 1e-9) >= r:
+            row[f"proj_ratio_{r}"] = _proj_ratio(W0, dW_u[:, :r], dW_vt[:r].T)
+    return row
+
+
+def measure(results: str | Path, model: str, found: Runs) -> Measured:
+    """Measure every Wq and Wv of the runs ``found`` (see :class:`Measured`).
+
+    Raises:
+        FileNotFoundError: no saved pretrained weights for ``model`` (with a hint).
+    """
+    # Hundreds of SVDs of d×d matrices: one BLAS thread each. On a loaded 2-core machine a 384²
+    # SVD took 0.33 s with two OpenBLAS threads and 0.05 s with one (their hand-off dominates).
+    with threadpool_limits(1, user_api="blas"):
+        return _measure(results, model, found)
+
+
+def _measure(results: str | Path, model: str, found: Runs) -> Measured:
+    W, infos = runs.load_base_weights(runs.base_weights_path(results, model))
+    base = {(i.type, i.layer): np.asarray(W[k], np.float64) for k, i in infos.items()}
+    n_layers = 1 + max(i.layer for i in infos.values())
+    u0 = {key: left_vectors(w) for key, w in base.items() if key[0] in TYPES}
+    rows, spectra, phi, problems = [], {}, {}, []
+    full_u: dict[tuple[int, str, int], np.ndarray] = {}
+    for seed, path in sorted(found.full.items()):
+        try:
+            delta = runs.load_delta(path)
+        except (OSError, ValueError) as e:
+            problems.append(f"skipped {path}: {e}")
+            continue
+        for t in TYPES:
+            for layer in range(n_layers):
+                dw = np.asarray(delta.dW[delta.key_for(t, layer)], np.float64)
+                u, s, vt = np.linalg.svd(dw, full_matrices=False)
+                full_u[(seed, t, layer)] = u[:, :PHI_TOP]
+                spectra[("full", seed, t, layer)] = s
+                row = _measure_matrix(base[(t, layer)], u0[(t, layer)], u, s, vt, seed)
+                rows.append({"method": "full", "r": None, "seed": seed, "type": t,
+                             "layer": layer, **row})  # fmt: skip
+    for (r, seed), path in sorted(found.lora.items()):
+        try:
+            adapter = runs.load_adapter(path)
+        except (OSError, ValueError) as e:
+            problems.append(f"skipped {path}: {e}")
+            continue
+        for t in TYPES:
+            for layer in range(n_layers):
+                key = adapter.key_for(t, layer)
+                svd = factored_svd(adapter.B[key], adapter.A[key], adapter.scaling)
+                spectra[(f"LoRA r={r}", seed, t, layer)] = svd.S
+                row = _measure_matrix(base[(t, layer)], u0[(t, layer)], svd.U, svd.S, svd.V.T, seed)
+                fu = full_u.get((seed, t, layer))
+                if fu is not None:
+                    grid = lora_vs_full_phi(svd.U, fu)
+                    row["phi_top1_full"] = float(grid[0, SHARED_TOP - 1])
+                    if r in PHI_RANKS:
+                        phi[(r, seed, t, layer)] = grid
+                rows.append({"method": "lora", "r": r, "seed": seed, "type": t,
+                             "layer": layer, **row})  # fmt: skip
+    d = base[("q", 0)].shape[0]
+    return Measured(rows, spectra, phi, n_layers, d, problems)

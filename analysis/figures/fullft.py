@@ -16,8 +16,8 @@ runs of the same weight types (Wq,Wv at every rank and seed), measures every ada
 * ``tables/fullft.{md,csv,tex}``: per weight type and method the rank measures, intruders, the
   overlap with full fine-tuning's top directions and Table 7's projection ratio to random.
 
-Everything is measured per (seed, weight type, layer) by :func:`measure`, which the claims report
-uses too. Reads run directories through :mod:`lora_repro.runs` only (no torch); never trains.
+Everything is measured per (seed, weight type, layer) by :func:`analysis.fullft.measure`, which
+the claims report uses too. Reads run directories through :mod:`lora_repro.runs` only (no torch); never trains.
 """
 
 from __future__ import annotations
@@ -25,173 +25,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from threadpoolctl import threadpool_limits
 
 from analysis import fullft
 from analysis.figures.plots import Panel, heatmap_figure, save_figure
-from analysis.subspace import factored_svd, random_phi_grid
+from analysis.fullft import PHI_RANKS, PHI_TOP, SHARED_TOP, SPECTRA_RANKS, TYPES, Measured
+from analysis.subspace import random_phi_grid
 from analysis.tables import write_table
 from lora_repro import runs
 from lora_repro.errors import LoraReproError
-
-TYPES = ("q", "v")
-SPECTRA_RANKS = (1, 8, 64)
-PHI_RANKS = (8, 64)
-PHI_TOP = 64  # full fine-tuning directions in the φ figure
-SHARED_TOP = 8  # F-LoRA-in-full: LoRA's top direction against full fine-tuning's top-8
-PROJ_RANKS = (4, 64)  # Table 7's ranks
-
-
-@dataclass
-class Runs:
-    """The runs of one (task, model) that the comparison reads.
-
-    Attributes:
-        full: ``seed -> run directory`` of full fine-tuning of Wq,Wv (or of a superset of them).
-        lora: ``(r, seed) -> run directory`` of LoRA on Wq,Wv.
-    """
-
-    full: dict[int, Path] = field(default_factory=dict)
-    lora: dict[tuple[int, int], Path] = field(default_factory=dict)
-
-
-def _default_settings(cfg: dict[str, Any]) -> bool:
-    a = cfg.get("adapter") or {}
-    return a.get("layers") is None and not a.get("target_modules") and cfg.get("group") == "runs"
-
-
-def find(results: str | Path, damaged: list | None = None) -> dict[tuple[str, str], Runs]:
-    """Full fine-tuning and LoRA runs of Wq,Wv per (task, model), default settings only
-    (group ``runs``, every layer). Full fine-tuning of {q,v} is preferred over {q,k,v,o} for a
-    seed; both adapt every layer's Wq and Wv."""
-    out: dict[tuple[str, str], Runs] = {}
-    for run_dir, cfg in sorted(runs.iter_finished(results, damaged)):
-        if not _default_settings(cfg):
-            continue
-        a = cfg["adapter"]
-        targets = [t for t in runs.WEIGHT_TYPES if t in a.get("targets", [])]
-        key = (cfg["task"]["name"], cfg["model"]["name"])
-        seed = int(cfg["seed"])
-        if a.get("method", "lora") == "full" and set(TYPES) <= set(targets):
-            have = out.setdefault(key, Runs()).full
-            if seed not in have or targets == list(TYPES):
-                have[seed] = run_dir
-        elif a.get("method", "lora") == "lora" and targets == list(TYPES):
-            out.setdefault(key, Runs()).lora.setdefault((int(a["r"]), seed), run_dir)
-    return {k: v for k, v in out.items() if v.full}
-
-
-@dataclass
-class Measured:
-    """Per-matrix measurements of one (task, model).
-
-    Attributes:
-        rows: one dict per (method, r, seed, type, layer): the rank measures, ``intruders``,
-            ``intruders_random``, ``proj_ratio_<r>`` (‖UᵀWV‖F on ΔW's top-r over the random level
-            r·‖W‖F/√(dk)), and for LoRA ``phi_top1_full`` (φ(1, 8) against the same seed's full
-            fine-tuning).
-        spectra: ``(method label, seed, type, layer) -> singular values``.
-        phi: ``(r, seed, type, layer) -> (r, PHI_TOP) grid`` of LoRA vs full fine-tuning.
-        n_layers: blocks of the model.
-        d: rows of Wq (the dimension of the left singular vectors).
-        problems: runs or matrices that could not be read, one line each.
-    """
-
-    rows: list[dict[str, Any]]
-    spectra: dict[tuple[str, int, str, int], np.ndarray]
-    phi: dict[tuple[int, int, str, int], np.ndarray]
-    n_layers: int
-    d: int
-    problems: list[str] = field(default_factory=list)
-
-    def frame(self) -> pd.DataFrame:
-        """:attr:`rows` as a DataFrame."""
-        return pd.DataFrame(self.rows)
-
-
-def _proj_ratio(W: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
-    """‖UᵀWV‖F over the random level r·‖W‖F/√(dk) = √E‖UᵀWV‖F² for Haar-random U, V."""
-    d, k = W.shape
-    r = U.shape[1]
-    return float(np.linalg.norm(U.T @ W @ V) / (r * np.linalg.norm(W) / np.sqrt(d * k)))
-
-
-def _measure_matrix(W0, U0, dW_u, dW_s, dW_vt, seed: int) -> dict[str, float]:
-    dense = (dW_u * dW_s) @ dW_vt
-    row = fullft.rank_measures(dW_s)
-    row["intruders"] = fullft.intruders(W0, dense, U0=U0)["count"]
-    row["intruders_random"] = fullft.intruders(W0, fullft.random_like(dense, seed, dW_s), U0=U0)[
-        "count"
-    ]
-    for r in PROJ_RANKS:
-        if np.count_nonzero(dW_s > dW_s[0] * 1e-9) >= r:
-            row[f"proj_ratio_{r}"] = _proj_ratio(W0, dW_u[:, :r], dW_vt[:r].T)
-    return row
-
-
-def measure(results: str | Path, task: str, model: str, found: Runs) -> Measured:
-    """Measure every Wq and Wv of the runs ``found`` (see :class:`Measured`).
-
-    Raises:
-        FileNotFoundError: no saved pretrained weights for ``model`` (with a hint).
-    """
-    # Hundreds of SVDs of d×d matrices: one BLAS thread each. On a loaded 2-core machine a 384²
-    # SVD took 0.33 s with two OpenBLAS threads and 0.05 s with one (their hand-off dominates).
-    with threadpool_limits(1, user_api="blas"):
-        return _measure(results, model, found)
-
-
-def _measure(results: str | Path, model: str, found: Runs) -> Measured:
-    W, infos = runs.load_base_weights(runs.base_weights_path(results, model))
-    base = {(i.type, i.layer): np.asarray(W[k], np.float64) for k, i in infos.items()}
-    n_layers = 1 + max(i.layer for i in infos.values())
-    u0 = {key: fullft.left_vectors(w) for key, w in base.items() if key[0] in TYPES}
-    rows, spectra, phi, problems = [], {}, {}, []
-    full_u: dict[tuple[int, str, int], np.ndarray] = {}
-    for seed, path in sorted(found.full.items()):
-        try:
-            delta = runs.load_delta(path)
-        except (OSError, ValueError) as e:
-            problems.append(f"skipped {path}: {e}")
-            continue
-        for t in TYPES:
-            for layer in range(n_layers):
-                dw = np.asarray(delta.dW[delta.key_for(t, layer)], np.float64)
-                u, s, vt = np.linalg.svd(dw, full_matrices=False)
-                full_u[(seed, t, layer)] = u[:, :PHI_TOP]
-                spectra[("full", seed, t, layer)] = s
-                row = _measure_matrix(base[(t, layer)], u0[(t, layer)], u, s, vt, seed)
-                rows.append({"method": "full", "r": None, "seed": seed, "type": t,
-                             "layer": layer, **row})  # fmt: skip
-    for (r, seed), path in sorted(found.lora.items()):
-        try:
-            adapter = runs.load_adapter(path)
-        except (OSError, ValueError) as e:
-            problems.append(f"skipped {path}: {e}")
-            continue
-        for t in TYPES:
-            for layer in range(n_layers):
-                key = adapter.key_for(t, layer)
-                svd = factored_svd(adapter.B[key], adapter.A[key], adapter.scaling)
-                spectra[(f"LoRA r={r}", seed, t, layer)] = svd.S
-                row = _measure_matrix(base[(t, layer)], u0[(t, layer)], svd.U, svd.S, svd.V.T, seed)
-                fu = full_u.get((seed, t, layer))
-                if fu is not None:
-                    grid = fullft.lora_vs_full_phi(svd.U, fu)
-                    row["phi_top1_full"] = float(grid[0, SHARED_TOP - 1])
-                    if r in PHI_RANKS:
-                        phi[(r, seed, t, layer)] = grid
-                rows.append({"method": "lora", "r": r, "seed": seed, "type": t,
-                             "layer": layer, **row})  # fmt: skip
-    d = base[("q", 0)].shape[0]
-    return Measured(rows, spectra, phi, n_layers, d, problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,14 +179,14 @@ def write_all(results: str | Path, out_dir: str | Path | None = None) -> dict[st
     results = Path(results)
     fig_dir = Path(out_dir) if out_dir else results / "figures"
     damaged: list = []
-    found = find(results, damaged)
+    found = fullft.find(results, damaged)
     problems = [f"skipped (damaged, retrained by the next sweep): {d}" for d in damaged]
     written: list[Path] = []
     measured = {}
     many = len(found) > 1
     for (task, model), rs in sorted(found.items()):
         try:
-            m = measure(results, task, model, rs)
+            m = fullft.measure(results, model, rs)
         except (OSError, ValueError, KeyError) as e:
             problems.append(f"{task}/{model}: {e}")
             continue
