@@ -372,13 +372,21 @@ def table7_many(
     return out
 
 
-def w_vs_dw_phi(W: np.ndarray, dW_left: np.ndarray, top: int | None = None) -> np.ndarray:
+def w_vs_dw_phi(
+    W: np.ndarray | None,
+    dW_left: np.ndarray,
+    top: int | None = None,
+    *,
+    W_left: np.ndarray | None = None,
+) -> np.ndarray:
     """φ between W's top-i left-singular directions and ΔW's top-j ones (paper App. H.3, Fig. 8).
 
     Args:
-        W: (d, k) pretrained weight, (out, in).
+        W: (d, k) pretrained weight, (out, in); may be ``None`` when ``W_left`` is given.
         dW_left: (d, r) left-singular vectors of ΔW (or any orthonormal (d, r) basis).
         top: how many of W's directions to use (rows of the grid); default all min(d, k).
+        W_left: (d, m) W's top-m left-singular vectors when already computed (e.g. by
+            :func:`analysis.rsvd.top_singular` on a large W); default a dense SVD of W.
 
     Returns:
         (top, r) grid; entry ``[i - 1, j - 1]`` = ‖U_W[:, :i]ᵀ U_ΔW[:, :j]‖F² / min(i, j).
@@ -386,7 +394,7 @@ def w_vs_dw_phi(W: np.ndarray, dW_left: np.ndarray, top: int | None = None) -> n
     Raises:
         ValueError: when W's rows and the basis disagree in dimension.
     """
-    u_w = left_singular_vectors(W)
+    u_w = left_singular_vectors(W) if W_left is None else W_left
     if top is not None:
         u_w = u_w[:, :top]
     return phi_grid(u_w, dW_left)

@@ -135,6 +135,27 @@ def factored_svd(B: np.ndarray, A: np.ndarray, scaling: float = 1.0) -> Factored
     return FactoredSVD(U=qb @ uc, S=s * float(scaling), V=qa @ vct.T)
 
 
+def factor_spectra(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
+    """Singular values of A, B and ΔW = scaling·B·A (§7.2: how concentrated each factor is).
+
+    Args:
+        A: (r, k) factor.
+        B: (d, r) factor.
+        scaling: s of ΔW = s·B·A (α/r).
+
+    Returns:
+        ``{"A": (min(r, k),), "B": (min(d, r),), "ΔW (scaled)": (min(d, r, k),)}``, decreasing.
+
+    Raises:
+        ValueError: when the factors do not chain or scaling ≤ 0.
+    """
+    return {
+        "A": np.linalg.svd(_matrix(A, "A"), compute_uv=False),
+        "B": np.linalg.svd(_matrix(B, "B"), compute_uv=False),
+        "ΔW (scaled)": factored_svd(B, A, scaling).S,
+    }
+
+
 def check_orthonormal(U: np.ndarray, name: str = "U", tol: float = _ORTHO_TOL) -> np.ndarray:
     """``U`` as float64 after checking its columns are orthonormal.
 

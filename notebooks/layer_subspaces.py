@@ -44,9 +44,11 @@ import pandas as pd  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
 from analysis import amplification as amp  # noqa: E402
+from analysis import basemodel  # noqa: E402
 from analysis import layer_data as ld  # noqa: E402
 from analysis import subspace as sub  # noqa: E402
 from analysis.figures import plots  # noqa: E402
+from lora_repro.errors import LoraReproError  # noqa: E402
 
 # %% tags=["parameters"]
 RESULTS = "results"  # results folder, relative to the repository root or absolute
@@ -59,6 +61,7 @@ LAYER = None  # block index; None: the middle one (n_layers // 2, the paper's 48
 WEIGHT = "q"  # weight type: q, k, v or o
 N_RANDOM = 10  # random orthonormal pairs for Table 7's random level
 SEED = 0  # seed of the random baselines
+BASE = None  # W's source: model folder, hub id or file; None: <results>/base_weights
 
 # %%
 results = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
@@ -120,12 +123,9 @@ pd.Series(phi11, name="φ(1, 1)").to_frame()
 # %%
 rows = []
 for f, label in zip(factors, labels, strict=True):
-    s_a = np.linalg.svd(f.A, compute_uv=False)
-    s_b = np.linalg.svd(f.B, compute_uv=False)
-    s_dw = sub.factored_svd(f.B, f.A, f.scaling).S
-    fig = plots.spectrum_figure(
-        {"A": s_a, "B": s_b, "ΔW (scaled)": s_dw}, f"{label}, layer {layer}"
-    )
+    spectra = sub.factor_spectra(f.A, f.B, f.scaling)
+    s_dw = spectra["ΔW (scaled)"]
+    fig = plots.spectrum_figure(spectra, f"{label}, layer {layer}")
     display(Image(plots.png_bytes(fig)))
     rows.append(
         {
@@ -138,17 +138,19 @@ pd.DataFrame(rows)
 
 # %% [markdown]
 # ## Table 7 numbers for this layer
-# Needs the pretrained W (`<results>/base_weights/<model>.safetensors`, oriented (d, k) = (out, in)).
+# Needs the pretrained W, read as `python -m analysis.inspect` reads it (`analysis.basemodel`):
+# from `BASE` (a model folder, a hub id, a .safetensors / .gguf file) or, by default, the copy
+# a training run writes (`<results>/base_weights/<model>.safetensors`), oriented (d, k) = (out, in).
 
 # %%
-base = ld.BaseWeights(results, MODEL)
-if not base.exists():
-    print(f"no pretrained weights at {base.path}; any finished training run of {MODEL} writes them")
+try:
+    base = basemodel.open_base(BASE or results / "base_weights", model_name=MODEL)
+except LoraReproError as e:
+    print(f"no pretrained weights: {e}")
 else:
     t7 = {}
-    for f, label in zip(factors, labels, strict=True):
-        t7[label] = amp.table7_stats(
-            base.matrix(f.key), f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED
-        )
+    for ad, f, label in zip(adapters, factors, labels, strict=True):
+        W = base.matrix_for(ad.modules[f.key])
+        t7[label] = amp.table7_stats(W, f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED)
     table7 = pd.DataFrame(t7)
     display(table7)
