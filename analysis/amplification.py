@@ -297,6 +297,25 @@ def projection_norms(
     return out
 
 
+def checked_norm(W: np.ndarray, rows: int = 1024) -> float:
+    """‖W‖F accumulated in float64, ``rows`` rows at a time, after checking W is finite.
+
+    One pass over W without a float64 copy of it (a 12288² float32 W would need 1.2 GB more).
+
+    Raises:
+        ValueError: when W has NaN or inf entries.
+    """
+    w = np.asarray(W)
+    acc = 0.0
+    for i in range(0, w.shape[0], rows):
+        blk = w[i : i + rows].astype(np.float64)
+        sq = float(np.sum(blk * blk))
+        if not np.isfinite(sq):
+            raise ValueError("W has NaN or inf entries; is the base checkpoint torn?")
+        acc += sq
+    return float(np.sqrt(acc))
+
+
 def table7_many(
     W: np.ndarray,
     modules: Sequence[tuple[np.ndarray, np.ndarray, float]],
@@ -306,6 +325,7 @@ def table7_many(
     seed: int = 0,
     n_sigma: int = N_SIGMA,
     dtype: type = np.float32,
+    norm_W: float | None = None,
 ) -> list[dict[str, float]]:
     """Table 7 (§7.3) for several adapters of one W, with one pass over W for all their ranks.
 
@@ -322,6 +342,8 @@ def table7_many(
         seed: seed of the draws.
         n_sigma: how many leading singular values of ΔW to report.
         dtype: dtype of the pass over W.
+        norm_W: ‖W‖F when already known from :func:`checked_norm` (which also checked that W
+            is finite); default computed here.
 
     Returns:
         One dict per module with the keys of :func:`table7_stats` (``proj_random_std`` is NaN
@@ -338,10 +360,8 @@ def table7_many(
         if w.shape != (bb.shape[0], aa.shape[1]):
             check_orientation(np.empty(w.shape), bb.shape[0], aa.shape[1])  # raises, one line
         svds.append(factored_svd(bb, aa, s))
-    if not np.all(np.isfinite(w)):
-        raise ValueError("W has NaN or inf entries; is the base checkpoint torn?")
+    norm_w = checked_norm(w) if norm_W is None else float(norm_W)
     projs = projection_norms(w, svds, dtype)
-    norm_w = float(np.linalg.norm(w.astype(np.float64, copy=False)))
     if w_sigma is None:
         w_sigma = np.linalg.svd(w.astype(np.float64), compute_uv=False)
     w_sigma = np.asarray(w_sigma, np.float64)

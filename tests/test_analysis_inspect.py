@@ -254,6 +254,29 @@ def test_one_pass_float32_projections_agree_with_float64():
         assert abs(g - ref) <= 1e-6 * ref
 
 
+def test_tall_qr_and_singular_vectors_at_gpt3_like_height():
+    rng = np.random.default_rng(5)
+    n = sub.TALL_QR_ROWS * 2
+    B = rng.standard_normal((n, 16)) * 0.8 ** np.arange(16)  # distinct singular values
+    q, r = sub.tall_qr(B)
+    assert np.abs(q.T @ q - np.eye(16)).max() < 1e-13
+    np.testing.assert_allclose(q @ r, B, atol=1e-12 * np.abs(B).max())
+    u, _, vt = np.linalg.svd(B, full_matrices=False)  # dense references, vector by vector
+    np.testing.assert_allclose(np.abs(np.sum(sub.left_singular_vectors(B) * u, 0)), 1, atol=1e-10)
+    A = B.T
+    np.testing.assert_allclose(np.abs(np.sum(sub.right_singular_vectors(A) * u, 0)), 1, atol=1e-10)
+    # B = 0 (initialisation) and a rank-deficient B fall back to Householder
+    for bad in (np.zeros((n, 4)), np.repeat(B[:, :1], 4, axis=1)):
+        qz, rz = sub.tall_qr(bad)
+        np.testing.assert_allclose(qz @ rz, bad, atol=1e-12)
+    # the factored SVD on tall factors equals the one through Householder QRs
+    A2 = rng.standard_normal((16, n)) / np.sqrt(n)
+    svd = sub.factored_svd(B, A2, 0.5)
+    rb, ra = np.linalg.qr(B, mode="r"), np.linalg.qr(A2.T, mode="r")
+    np.testing.assert_allclose(svd.S, 0.5 * np.linalg.svd(rb @ ra.T, compute_uv=False), rtol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(svd.U.T @ B, axis=0), np.linalg.norm(B, axis=0))
+
+
 def test_closed_form_random_level_matches_draws():
     rng = np.random.default_rng(1)
     W = rng.standard_normal((24, 36)) * np.linspace(0.2, 3.0, 36)  # a non-flat spectrum
