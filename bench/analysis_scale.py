@@ -3,7 +3,7 @@
     python -m bench.analysis_scale --results results [--dense-sizes 1024,2048] [--dense-full]
 
 Everything is timed through the functions ``make figures`` uses (``analysis.subspace``,
-``analysis.amplification``), in float64, on random factors: A (r, k) Gaussian with std 1/√(3k)
+``analysis.amplification``), in float64 for parts 1-2 and as part 3 says, on random factors: A (r, k) Gaussian with std 1/√(3k)
 (the default init) and B (d, r) Gaussian with a geometric column scale 0.9^i, so that ΔW's singular
 values decrease and its singular vectors are well defined. Three parts:
 
@@ -20,16 +20,20 @@ values decrease and its singular vectors are well defined. Three parts:
    directions (``projection_norm``), ‖W‖F, the random level (``random_projection_norms``, 10 draws
    as in ``table7_stats``), and W's own top-r singular values (``table7_stats`` takes them from a
    dense SVD of W: measured with ``--dense-full``, else extrapolated like the dense SVD of ΔW).
-3. **The 96-layer × 4-type report**: per (layer, type), the two φ grids (views A and dW_left), the
-   factored SVDs at r = 8 and 64, and the ΔW-dependent Table 7 quantities for both ranks
-   (‖UᵀWV‖F, ‖ΔW‖F, amplification, ratio to random, σ's). What is *not* in the timed loop, and
-   why: drawing the random factors (a real report reads them from safetensors instead); the
-   quantities of W alone (‖W‖F, the random level, W's top-r σ), which do not depend on the
-   adapter, are computed once per distinct W and timed separately; and W itself is one random
-   12288² float64 matrix shared by all 384 modules (``--distinct-w 4``: one per type), because
-   drawing 384 of them (1.2 GB each) would dominate the benchmark. Sharing W does not flatter the
-   timing: at 1.2 GB it is 37× the L3 cache, so every pass over it streams from memory as a fresh
-   W would. Reading GPT-3's 384 attention matrices from disk (116 GB in fp16) is excluded too.
+3. **The 96-layer × 4-type report**, as ``python -m analysis.inspect`` computes it at scale: per
+   (layer, type), the factored SVDs at r = 8 and 64, the two φ grids (views A and dW_left), and
+   Table 7 for both ranks from **one pass over W** (``projection_norms``: W·[V_8 | V_64] as one
+   float32 GEMM, the small Uᵀ·(W·V) in float64) with the random level in closed form
+   (r·‖W‖F/√(dk)). W is a float32 12288² matrix (as an fp32 / bf16 checkpoint gives it), one at
+   a time (``--distinct-w 4``: one per type, still one in memory). Per-W costs are timed apart:
+   ‖W‖F with the finiteness check, and W's own randomized top-64 SVD (``analysis.rsvd``,
+   ``--w-rsvd-r``). Drawing W and the factors is not timed; reading W from disk is excluded.
+   **Target, against the machine**: this machine's fp32 GEMM rate on the same shape is measured
+   in the same run (before and after the report, the faster counts), and the report's time over
+   (its FLOPs / that rate) must be ≤ 1.3. FLOPs counted: 2·d·k·(8 + 64) for the pass and
+   2·d·r² for each Uᵀ·(W·V); the SVDs and φ grids are overhead the ratio charges. Also reported:
+   the 96 × 4 wall time (scaled from ``--layers N``), float32 against float64 on one module
+   (target ≤ 1e-6 relative), and the report's peak RSS (target < 3 GiB).
 """
 
 from __future__ import annotations
@@ -170,7 +174,11 @@ def module_at_scale(
 
 
 def gemm_rate(d: int, k: int, cols: int, rng: np.random.Generator, reps: int = 3) -> dict[str, Any]:
-    """This machine's float32 GEMM rate on the report's own shape, W (d, k) · X (k, cols)."""
+    """This machine's float32 GEMM rate on the report's own shape, W (d, k) · X (k, cols).
+
+    The median of ``reps`` products after one untimed (page faults, BLAS buffers); GFLOP/s
+    counts 2·d·k·cols floating-point operations per product.
+    """
     W = rng.standard_normal((d, k), dtype=np.float32)
     X = rng.standard_normal((k, cols), dtype=np.float32)
     W @ X  # first touch: page faults, BLAS buffers
@@ -398,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.layers > 0
         else None
     )
+    if rep:  # again after the report: on a shared machine the rate drifts; the faster one counts
+        after = gemm_rate(d, d, r + args.r_small, rng)
+        rate = {**rate, "before_gflops_per_s": rate["gflops_per_s"], "after": after}
+        rate["gflops_per_s"] = max(rate["before_gflops_per_s"], after["gflops_per_s"])
     # float32 against float64 on one module (W's float32 values, as a checkpoint holds them)
     t0 = time.perf_counter()
     W32 = rng.standard_normal((d, d), dtype=np.float32)
@@ -596,7 +608,8 @@ def render(payload: dict[str, Any]) -> str:
             + "; ".join(per_w),
             common.table(["what", "total s", "factored SVD s", "φ s", "‖UᵀWV‖F s"], rrows),
             f"fp32 GEMM rate of this machine, W {g['shape'][0]}×{g['shape'][1]} · "
-            f"{g['shape'][2]} columns: {g['gflops_per_s']:.0f} GFLOP/s; the report's "
+            f"{g['shape'][2]} columns (the faster of before and after the report): "
+            f"{g['gflops_per_s']:.0f} GFLOP/s; the report's "
             f"{rep['gflop']:.0f} GFLOP at that rate: {rep['gemm_bound_s']:.1f} s; "
             f"report ÷ GEMM bound = {rep['ratio_to_gemm_rate']:.3f}",
             f"fp32 one-pass ‖UᵀWV‖F vs float64 (r={agree['ranks']}): max relative difference "
