@@ -55,7 +55,7 @@ from lora_repro.runs import CSV_FLOAT_FORMAT, atomic_write_json, atomic_write_te
 
 DEFAULT_ROOT = Path("results") / "inspect"
 FIG8_TOP_LARGE = 64
-"""Rows of Fig. 8 (W's top-i directions) for a W too large for the dense SVD: max(64, 2·r)."""
+"""Rows of Fig. 8 (W's top-i directions) for a W too large for the dense SVD: max(64, r)."""
 DENSE_PASS_MAX = 2048 * 2048
 """d·k up to which the pass over W runs in float64; above it in float32 (1e-6 relative)."""
 
@@ -238,7 +238,7 @@ def inspect(
     r_max = max(f.r for f in facs)
     dense = min(d, k) <= rsvd.DENSE_MAX
     # Fig. 8 rows: every direction of a small W (as make figures draws it), the top ones of a large
-    m_w = min(d, k) if dense else min(min(d, k), max(FIG8_TOP_LARGE, 2 * r_max))
+    m_w = min(d, k) if dense else min(min(d, k), max(FIG8_TOP_LARGE, r_max))
     t0 = time.perf_counter()
     cache = svd_cache if svd_cache is not None else rsvd.SVDCache()
     w_svd = cache.get((str(base), weight, layer), W, m_w)
@@ -272,7 +272,7 @@ def inspect(
         "weight": weight,
         "W": {
             "shape": [d, k],
-            "norm_F": float(np.linalg.norm(W.astype(np.float64, copy=False))),
+            "norm_F": amp.checked_norm(W),
             "svd_method": w_svd.method,
             "svd_directions": w_svd.m,
             "sigma_top": w_svd.S[: min(w_svd.m, 2 * r_max)].tolist(),

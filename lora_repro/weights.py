@@ -156,7 +156,9 @@ def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
     Returns:
         float32 array of the same shape.
     """
-    return (np.asarray(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    out = np.asarray(raw, np.uint16).astype(np.uint32)
+    out <<= 16  # in place: one float32-sized buffer, whatever the size of W
+    return out.view(np.float32)
 
 
 _NUMPY_DTYPES = {
