@@ -38,14 +38,23 @@ def check_orientation(W: np.ndarray, d: int, k: int) -> np.ndarray:
         ValueError: when W is (k, d) (a GPT-2 Conv1D weight not transposed) or any other shape.
     """
     w = _matrix(W, "W")
-    if w.shape == (d, k):
-        return w
-    if w.shape == (k, d):
-        raise ValueError(
-            f"W is {w.shape} = (in, out) but ΔW is ({d}, {k}) = (out, in); a GPT-2 Conv1D weight "
+    problem = orientation_problem(w.shape, d, k)
+    if problem:
+        raise ValueError(problem)
+    return w
+
+
+def orientation_problem(shape: tuple[int, ...], d: int, k: int) -> str | None:
+    """Why a W of ``shape`` is not the (d, k) = (out, in) of ΔW (one line), or ``None``."""
+    shape = tuple(shape)
+    if shape == (d, k):
+        return None
+    if shape == (k, d):
+        return (
+            f"W is {shape} = (in, out) but ΔW is ({d}, {k}) = (out, in); a GPT-2 Conv1D weight "
             "must be transposed to (d, k) before analysis (lora_repro.runs.save_base_weights does)"
         )
-    raise ValueError(f"W is {w.shape} but ΔW is ({d}, {k}); they must be the same matrix")
+    return f"W is {shape} but ΔW is ({d}, {k}); they must be the same matrix"
 
 
 def projection_norm(W: np.ndarray, U: np.ndarray, V: np.ndarray) -> float:
@@ -357,8 +366,9 @@ def table7_many(
     svds = []
     for b, a, s in modules:
         bb, aa = _matrix(b, "B"), _matrix(a, "A")
-        if w.shape != (bb.shape[0], aa.shape[1]):
-            check_orientation(np.empty(w.shape), bb.shape[0], aa.shape[1])  # raises, one line
+        problem = orientation_problem(w.shape, bb.shape[0], aa.shape[1])
+        if problem:
+            raise ValueError(problem)
         svds.append(factored_svd(bb, aa, s))
     norm_w = checked_norm(w) if norm_W is None else float(norm_W)
     projs = projection_norms(w, svds, dtype)

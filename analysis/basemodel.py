@@ -451,7 +451,9 @@ def open_base(
                 f"{p} holds the W of several models ({', '.join(copies)}); pass one file"
             )
         return _open_checkpoint(p, text)
-    if HUB_ID.match(text) and not text.startswith((".", "/")):
+    parent = p.parent
+    local = text.startswith((".", "/", "~")) or (str(parent) not in ("", ".") and parent.exists())
+    if HUB_ID.match(text) and not local:
         return _open_hub(text, revision, cache_dir)
     raise BaseModelError(
         f"--base {text}: no such file or folder, and not a hub id (owner/name); pass a model "

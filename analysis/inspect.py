@@ -89,7 +89,7 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-") or "adapter"
 
 
-def load_adapter(path: str | Path) -> Inspected:
+def read_adapter(path: str | Path) -> Inspected:
     """Read an adapter to inspect (run directory, adapter file or peft folder).
 
     Raises:
@@ -207,7 +207,7 @@ def inspect(
         raise InspectError(f"--n-random must be 0 (closed form) or positive, got {n_random}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    items = [load_adapter(p) for p in adapters]
+    items = [read_adapter(p) for p in adapters]
     timings["read_adapters_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = base_model or basemodel.open_base(

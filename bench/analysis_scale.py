@@ -402,7 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     # The machine's fp32 GEMM rate on the report's own shape, measured in this run.
     rate = gemm_rate(d, d, r + args.r_small, rng)
     rep = (
-        report(d, args.layers, types, r, args.r_small, args.distinct_w, rng, args.w_rsvd_r or None)
+        report(
+            d,
+            args.layers,
+            types,
+            r,
+            args.r_small,
+            args.distinct_w,
+            rng,
+            min(args.w_rsvd_r, d) or None,
+        )
         if args.layers > 0
         else None
     )
