@@ -408,6 +408,32 @@ def test_inspect_one_peft_adapter_and_a_seed_pair(tmp_path, capsys):
     assert (out2 / "table7.md").is_file() and (out2 / "adapter2" / "table7.md").is_file()
 
 
+@needs_peft
+def test_bf16_peft_adapter_and_one_W_svd_for_two_adapters(tmp_path, monkeypatch):
+    base_dir = tmp_path / "base"
+    _peft_adapter(base_dir, tmp_path / "a", r=4, seed=1)
+    _peft_adapter(base_dir, tmp_path / "b", r=8, seed=2)
+    from safetensors.torch import load_file
+
+    f = tmp_path / "b" / "adapter_model.safetensors"
+    fp32 = load_file(str(f))
+    torch_save_file({k: v.to(torch.bfloat16) for k, v in fp32.items()}, f)
+    ad = weights.read_peft_adapter(tmp_path / "b")
+    key = "encoder.layer.1.attention.self.query"
+    np.testing.assert_array_equal(
+        ad.A[key], fp32[f"base_model.model.{key}.lora_A.weight"].to(torch.bfloat16).float().numpy()
+    )
+    assert ad.modules[key].type == "q" and ad.modules[key].layer == 1 and ad.scaling == 1.0
+    calls = []
+    real = rsvd.top_singular
+    monkeypatch.setattr(rsvd, "top_singular", lambda W, r, **kw: calls.append(r) or real(W, r))
+    cache = rsvd.SVDCache()
+    for out in ("o1", "o2"):  # the second inspection of that base and layer reuses W's SVD
+        insp.inspect([tmp_path / "a", tmp_path / "b"], base_dir, out=tmp_path / out,
+                     formats=("png",), svd_cache=cache)  # fmt: skip
+    assert calls == [32]  # one SVD of the 32 × 32 W for both adapters and both calls
+
+
 def test_inspect_a_run_dir_against_the_model_folder_matches_make_figures(tmp_path):
     """A real run: W from the embedded model's own file gives make figures' Table 7 numbers."""
     import importlib.util
