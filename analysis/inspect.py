@@ -263,9 +263,7 @@ def inspect(
             **{k_: v for k_, v in model.identity.items() if v is not None},
             "n_layers": n_layers,
             "tensor": model.reads[-1] if model.reads else None,
-            "stored_dtype": model.dtype(info.type, info.layer)
-            if model.source != "base_weights"
-            else "F32",
+            "stored_dtype": model.dtype(info.type, info.layer),
         },
         "layer": layer,
         "n_layers": n_layers,
@@ -361,6 +359,8 @@ def _pair_figures(
             g = ld.phi_between(f1, f2, view)
         except ValueError as e:  # dA without A_init
             out[view] = {"phi11": None, "why": str(e)}
+            if view in views:
+                out.setdefault("not_drawn", {})[f"phi_{view}"] = str(e)
             continue
         rnd = random_like(f1, f2, view, seed)
         out[view] = {
@@ -549,6 +549,8 @@ def render(rep: dict[str, Any]) -> str:
         lines.append(
             f"  φ(1,1) view A ({phi['pair']} pair): {a['phi11']:.3f} (random {a['random_phi11']:.3f})"
         )
+        for name, why in (phi.get("not_drawn") or {}).items():
+            lines.append(f"  not drawn: {name}: {why}")
     for lab, t in rep["table7"].items():
         lines.append(
             f"  Table 7 {lab}: ‖UᵀWV‖F {t['proj_dW']:.4g} (W's own {t['proj_W']:.4g}, random "
