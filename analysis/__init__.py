@@ -14,6 +14,9 @@ Modules:
     stats: Student-t intervals, one-sided tests, TOST and power for the claims.
     tables: Table 7 as a DataFrame with the paper's values, md / csv / tex writers.
     figures: ``python -m analysis.figures`` (plots in ``figures.plots``).
+    inspect: ``python -m analysis.inspect``: one layer of any adapter (run or peft folder).
+    basemodel: W read from a base model's own files (safetensors, sharded, GGUF, hub).
+    rsvd: W's top-r singular triplets, dense or randomized (Halko et al.).
 """
 
 from analysis.amplification import (

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lora_repro import runs
+from lora_repro import runs, weights
 from lora_repro.config import AdapterConfig
 from lora_repro.errors import LoraReproError
 from lora_repro.targets import Target, check_weight_types, find_targets, num_layers
@@ -398,8 +398,8 @@ def base_weights(model: nn.Module, targets: Sequence[Target]) -> dict[str, np.nd
 # ------------------------------------------------------------------------------------------------
 # peft interoperability
 # ------------------------------------------------------------------------------------------------
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = weights.PEFT_CONFIG
+PEFT_WEIGHTS = weights.PEFT_WEIGHTS
 
 
 def export_peft(
@@ -459,74 +459,13 @@ def import_peft_adapter(
         AdapterError: when the directory is not a peft LoRA adapter, or ranks differ per module
             (``rank_pattern``), which the analyses do not support.
     """
-    from safetensors.numpy import load_file
+    from lora_repro.targets import family_of
 
-    d = Path(peft_dir)
-    cfg_path, w_path = d / PEFT_CONFIG, d / PEFT_WEIGHTS
-    if not cfg_path.exists() or not w_path.exists():
-        raise AdapterError(
-            f"{d} is not a peft adapter folder: expected {PEFT_CONFIG} and {PEFT_WEIGHTS}"
+    try:
+        return weights.read_peft_adapter(
+            peft_dir,
+            family=family_of(model) if model is not None else None,
+            n_layers=num_layers(model) if model is not None else None,
         )
-    cfg = runs.read_json(cfg_path)
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterError(
-            f"{d}: peft_type is {cfg.get('peft_type')!r}, only LORA adapters are supported"
-        )
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise AdapterError(f"{d}: per-module ranks (rank_pattern/alpha_pattern) are not supported")
-    if cfg.get("use_dora"):  # DoRA's magnitude vector changes ΔW; reading only A, B would be wrong
-        raise AdapterError(f"{d}: DoRA adapters (use_dora=true) are not plain LoRA; not supported")
-    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-    rslora = bool(cfg.get("use_rslora", False))
-    A, B = {}, {}
-    for name, t in load_file(str(w_path)).items():
-        if ".lora_A." not in name and ".lora_B." not in name:
-            continue
-        key = name.removeprefix("base_model.model.")
-        key = key.replace(".lora_A.default.weight", ".lora_A.weight").replace(
-            ".lora_B.default.weight", ".lora_B.weight"
-        )
-        key, which = runs._split_factor_key(key)
-        (A if which == "A" else B)[key] = t.astype(np.float32)
-    modules = {}
-    from lora_repro.targets import FAMILY_PATTERNS, family_of
-
-    families = [family_of(model)] if model is not None else list(FAMILY_PATTERNS)
-    import re
-
-    for key in A:
-        info = None
-        for fam in families:
-            for typ, pat in FAMILY_PATTERNS[fam].items():
-                m = re.search(pat, key)
-                if m and typ != "qkv":
-                    info = runs.ModuleInfo(
-                        key=key,
-                        module=key,
-                        type=typ,
-                        layer=int(m.group(1)),
-                        d=int(B[key].shape[0]),
-                        k=int(A[key].shape[1]),
-                    )
-                    break
-            if info:
-                break
-        if info is None:
-            raise AdapterError(f"{d}: cannot tell the weight type and layer of {key!r}")
-        modules[key] = info
-    n_layers = None
-    if model is not None:
-        n_layers = num_layers(model)
-    return runs.Adapter(
-        r=r,
-        alpha=alpha,
-        scaling=alpha / (math.sqrt(r) if rslora else r),
-        init="unknown (peft)",
-        targets=sorted({m.type for m in modules.values()}, key=runs.WEIGHT_TYPES.index),
-        base_model=str(cfg.get("base_model_name_or_path")),
-        modules=modules,
-        A=A,
-        B=B,
-        n_layers=n_layers,
-        extra={"scaling_rule": "rslora" if rslora else "standard"},
-    )
+    except weights.WeightFileError as e:
+        raise AdapterError(str(e)) from e

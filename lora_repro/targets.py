@@ -21,68 +21,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from lora_repro import weights
 from lora_repro.config import canonical_layers
 from lora_repro.errors import LoraReproError
 from lora_repro.runs import WEIGHT_TYPES
 
-# family -> weight type -> regex on the full module name; group 1 is the layer index.
-# A fused entry is ("fused-gpt2" | "fused-neox", regex): the module holds q, k and v.
-FAMILY_PATTERNS: dict[str, dict[str, str]] = {
-    "bert": {
-        "q": r"(?:^|\.)layer\.(\d+)\.attention\.self\.query$",
-        "k": r"(?:^|\.)layer\.(\d+)\.attention\.self\.key$",
-        "v": r"(?:^|\.)layer\.(\d+)\.attention\.self\.value$",
-        "o": r"(?:^|\.)layer\.(\d+)\.attention\.output\.dense$",
-    },
-    "deberta-v2": {
-        "q": r"(?:^|\.)layer\.(\d+)\.attention\.self\.query_proj$",
-        "k": r"(?:^|\.)layer\.(\d+)\.attention\.self\.key_proj$",
-        "v": r"(?:^|\.)layer\.(\d+)\.attention\.self\.value_proj$",
-        "o": r"(?:^|\.)layer\.(\d+)\.attention\.output\.dense$",
-    },
-    "llama": {
-        "q": r"(?:^|\.)layers\.(\d+)\.self_attn\.q_proj$",
-        "k": r"(?:^|\.)layers\.(\d+)\.self_attn\.k_proj$",
-        "v": r"(?:^|\.)layers\.(\d+)\.self_attn\.v_proj$",
-        "o": r"(?:^|\.)layers\.(\d+)\.self_attn\.o_proj$",
-    },
-    "opt": {
-        "q": r"(?:^|\.)layers\.(\d+)\.self_attn\.q_proj$",
-        "k": r"(?:^|\.)layers\.(\d+)\.self_attn\.k_proj$",
-        "v": r"(?:^|\.)layers\.(\d+)\.self_attn\.v_proj$",
-        "o": r"(?:^|\.)layers\.(\d+)\.self_attn\.out_proj$",
-    },
-    "gpt2": {
-        "qkv": r"(?:^|\.)h\.(\d+)\.attn\.c_attn$",
-        "o": r"(?:^|\.)h\.(\d+)\.attn\.c_proj$",
-    },
-    "gpt_neox": {
-        "qkv": r"(?:^|\.)layers\.(\d+)\.attention\.query_key_value$",
-        "o": r"(?:^|\.)layers\.(\d+)\.attention\.dense$",
-    },
-}
-
-# transformers ``config.model_type`` -> family. Not mapped on purpose: "deberta" (v1, fused
-# ``in_proj``) and "phi3" (fused ``qkv_proj`` with GQA sizes): q, k, v share one module there.
-MODEL_TYPE_FAMILY: dict[str, str] = {
-    "bert": "bert",
-    "roberta": "bert",
-    "xlm-roberta": "bert",
-    "electra": "bert",
-    "deberta-v2": "deberta-v2",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
-    "gemma": "llama",
-    "gemma2": "llama",
-    "opt": "opt",
-    "gpt2": "gpt2",
-    "gpt_neox": "gpt_neox",
-}
+# The name tables live in the torch-free lora_repro.weights (analysis reads them without torch).
+FAMILY_PATTERNS = weights.FAMILY_PATTERNS
+MODEL_TYPE_FAMILY = weights.MODEL_TYPE_FAMILY
 
 
 @dataclass(frozen=True)
@@ -166,19 +114,10 @@ def _summarise(names: Sequence[str], n: int = 12) -> str:
 
 
 def _fused_index(kind: str, d_total: int, type_: str, n_heads: int | None) -> tuple[int, ...]:
-    part = "qkv".index(type_)
-    if d_total % 3:
-        raise TargetError(f"fused qkv output size {d_total} is not divisible by 3")
-    d = d_total // 3
-    if kind == "gpt2":
-        return tuple(range(part * d, (part + 1) * d))
-    if not n_heads or d % n_heads:
-        raise TargetError(
-            f"GPT-NeoX fused qkv needs num_attention_heads dividing {d}, got {n_heads}"
-        )
-    hd = d // n_heads
-    idx = torch.arange(n_heads)[:, None] * 3 * hd + part * hd + torch.arange(hd)[None, :]
-    return tuple(int(i) for i in idx.reshape(-1))
+    try:
+        return weights.fused_index(kind, d_total, type_, n_heads)
+    except weights.WeightFileError as e:
+        raise TargetError(str(e)) from e
 
 
 def check_weight_types(types: Sequence[str]) -> list[str]:

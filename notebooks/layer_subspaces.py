@@ -43,8 +43,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
-from analysis import amplification, factors, selection, subspace  # noqa: E402
+from analysis import amplification, basemodel, layer_data, subspace  # noqa: E402
 from analysis.figures import plots  # noqa: E402
+from lora_repro.errors import LoraReproError  # noqa: E402
 
 # %% tags=["parameters"]
 RESULTS = "results"  # results folder, relative to the repository root or absolute
@@ -57,17 +58,18 @@ LAYER = None  # block index; None: the middle one (n_layers // 2, the paper's 48
 WEIGHT = "q"  # weight type: q, k, v or o
 N_RANDOM = 10  # random orthonormal pairs for Table 7's random level
 SEED = 0  # seed of the random baselines
+BASE = None  # W's source: model folder, hub id or file; None: <results>/base_weights
 
 # %%
 results = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
 records = [
     r
-    for r in selection.index_runs(results, where={"group": GROUP})
+    for r in layer_data.index_runs(results, where={"group": GROUP})
     if (r.spec.task, r.spec.model) == (TASK, MODEL)
 ]
 if RUN_DIRS is None:
     # raises MissingRuns (naming the run and the sweep that makes it) when a rank is missing
-    pick = selection.pick_rank_pair(
+    pick = layer_data.pick_rank_pair(
         records, task=TASK, model=MODEL, targets=("q", "v"), seed=0, ranks=RANKS
     )
     if pick.note:
@@ -76,14 +78,16 @@ if RUN_DIRS is None:
 else:
     run_dirs = [Path(p) if Path(p).is_absolute() else ROOT / p for p in RUN_DIRS]
 
-cache = factors.AdapterCache()
+cache = layer_data.AdapterCache()
 adapters = [cache.get(p) for p in run_dirs]
-n_layers = factors.n_layers_of(adapters[0])
-layer = factors.default_layer(n_layers) if LAYER is None else factors.check_layer(LAYER, n_layers)
-layer_factors = [factors.layer_factors(a, WEIGHT, layer) for a in adapters]
+n_layers = layer_data.n_layers_of(adapters[0])
+layer = (
+    layer_data.default_layer(n_layers) if LAYER is None else layer_data.check_layer(LAYER, n_layers)
+)
+factors = [layer_data.layer_factors(a, WEIGHT, layer) for a in adapters]
 labels = [
     f"r={f.r} ({Path(p).parent.name}/{Path(p).name})"
-    for f, p in zip(layer_factors, run_dirs, strict=True)
+    for f, p in zip(factors, run_dirs, strict=True)
 ]
 display(Markdown(f"**Layer {layer} of {n_layers}, ΔW{WEIGHT}**: " + " vs ".join(labels)))
 
@@ -92,7 +96,7 @@ display(Markdown(f"**Layer {layer} of {n_layers}, ΔW{WEIGHT}**: " + " vs ".join
 # `A` is the paper's view (right-singular vectors of A). `dA` needs `adapter_init.safetensors`.
 
 # %%
-f1, f2 = layer_factors
+f1, f2 = factors
 panels, phi11 = [], {}
 for view in subspace.VIEWS:
     try:
@@ -117,13 +121,10 @@ pd.Series(phi11, name="φ(1, 1)").to_frame()
 
 # %%
 rows = []
-for f, label in zip(layer_factors, labels, strict=True):
-    s_a = np.linalg.svd(f.A, compute_uv=False)
-    s_b = np.linalg.svd(f.B, compute_uv=False)
-    s_dw = subspace.factored_svd(f.B, f.A, f.scaling).S
-    fig = plots.spectrum_figure(
-        {"A": s_a, "B": s_b, "ΔW (scaled)": s_dw}, f"{label}, layer {layer}"
-    )
+for f, label in zip(factors, labels, strict=True):
+    spectra = subspace.factor_spectra(f.A, f.B, f.scaling)
+    s_dw = spectra["ΔW (scaled)"]
+    fig = plots.spectrum_figure(spectra, f"{label}, layer {layer}")
     display(Image(plots.png_bytes(fig)))
     rows.append(
         {
@@ -136,17 +137,19 @@ pd.DataFrame(rows)
 
 # %% [markdown]
 # ## Table 7 numbers for this layer
-# Needs the pretrained W (`<results>/base_weights/<model>.safetensors`, oriented (d, k) = (out, in)).
+# Needs the pretrained W, read as `python -m analysis.inspect` reads it (`analysis.basemodel`):
+# from `BASE` (a model folder, a hub id, a .safetensors / .gguf file) or, by default, the copy
+# a training run writes (`<results>/base_weights/<model>.safetensors`), oriented (d, k) = (out, in).
 
 # %%
-base = factors.BaseWeights(results, MODEL)
-if not base.exists():
-    print(f"no pretrained weights at {base.path}; any finished training run of {MODEL} writes them")
+try:
+    base = basemodel.open_base(BASE or results / "base_weights", model_name=MODEL)
+except LoraReproError as e:
+    print(f"no pretrained weights: {e}")
 else:
     t7 = {}
-    for f, label in zip(layer_factors, labels, strict=True):
-        t7[label] = amplification.table7_stats(
-            base.matrix(f.key), f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED
-        )
+    for ad, f, label in zip(adapters, factors, labels, strict=True):
+        W = base.matrix_for(ad.modules[f.key])
+        t7[label] = amplification.table7_stats(W, f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED)
     table7 = pd.DataFrame(t7)
     display(table7)

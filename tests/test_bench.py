@@ -160,8 +160,20 @@ def test_analysis_scale_tiny(tmp_path, capsys):
     rep = out["report"]
     assert rep["modules"] == 4 and not rep["wall_96x4_measured"]
     assert rep["example_row"]["amplification"] > 0
-    assert "report_96x4_wall_s" in out["targets"]
-    assert "factored vs dense" in capsys.readouterr().out
+    assert rep["wall_s_96x4"] == pytest.approx(rep["wall_s"] * 384 / 4)
+    # the report against this machine's fp32 GEMM rate, and float32 against float64
+    assert rep["ratio_to_gemm_rate"] == pytest.approx(
+        rep["wall_s"] / (rep["gflop"] / out["gemm_rate"]["gflops_per_s"])
+    )
+    assert rep["gflop"] == pytest.approx(4 * (2 * 192 * 192 * 20 + 2 * 192 * (16**2 + 4**2)) / 1e9)
+    assert out["fp32_agreement"]["max_rel_diff"] < 1e-6
+    assert out["targets"]["report_over_gemm_bound"]["target"] == 1.3
+    row = rep["example_row"]  # closed-form random level: r·‖W‖F/√(dk)
+    assert row["proj_random"] > 0 and row["ratio_to_random"] == pytest.approx(
+        row["proj_dW"] / row["proj_random"]
+    )
+    printed = capsys.readouterr().out
+    assert "factored vs dense" in printed and "report ÷ GEMM bound" in printed
 
 
 def test_analysis_scale_dense_full(tmp_path):

@@ -29,7 +29,9 @@ def random_like(f1: LayerFactors, f2: LayerFactors, view: str, seed: int) -> np.
     return subspace.random_phi_grid(n, f1.A.shape[0], f2.A.shape[0], seed)
 
 
-def _long(figure: str, view: str, layer: int | str, panel: str, grid: np.ndarray) -> pd.DataFrame:
+def long_frame(
+    figure: str, view: str, layer: int | str, panel: str, grid: np.ndarray
+) -> pd.DataFrame:
     i, j = np.meshgrid(np.arange(1, grid.shape[0] + 1), np.arange(1, grid.shape[1] + 1))
     return pd.DataFrame(
         {
@@ -81,7 +83,7 @@ def figure3(
         row_full, row_zoom = [], []
         for w in plan.opts.targets:
             g = phi_between(plan.layer_factors(a, w, layer), plan.layer_factors(b, w, layer), view)
-            frames.append(_long(name, view, layer, f"dW{w}", g))
+            frames.append(long_frame(name, view, layer, f"dW{w}", g))
             t = f"ΔW{w} layer {layer}"
             ylab, xlab = f"i ({run_label(a)})", f"j ({run_label(b)})"
             row_full.append(Panel(g, t, ylab, xlab))
@@ -118,12 +120,12 @@ def figure4(
         for w in plan.opts.targets:
             fa, fb = plan.layer_factors(a, w, layer), plan.layer_factors(b, w, layer)
             g = phi_between(fa, fb, view)
-            frames.append(_long(name, view, layer, f"dW{w}", g))
+            frames.append(long_frame(name, view, layer, f"dW{w}", g))
             row.append(
                 Panel(g, f"ΔW{w} layer {layer}", f"i ({run_label(a)})", f"j ({run_label(b)})")
             )
         rnd = random_like(fa, fb, view, plan.opts.seed + li)
-        frames.append(_long(name, view, layer, "random", rnd))
+        frames.append(long_frame(name, view, layer, "random", rnd))
         row.append(Panel(rnd, "random Gaussian", "i", "j"))
         rows.append(row)
     fig = heatmap_figure(
@@ -151,13 +153,13 @@ def figure8(plan: BuildPlan, report: Report, ranked: dict[int, RunRecord]) -> di
         f = plan.layer_factors(rec, w, layer)
         W = amplification.check_orientation(plan.base.matrix(f.key), f.d, f.k)
         g = amplification.w_vs_dw_phi(W, subspace.factored_svd(f.B, f.A).U)
-        frames.append(_long("figure8", "W_left_vs_dW_left", layer, f"r={r}", g))
+        frames.append(long_frame("figure8", "W_left_vs_dW_left", layer, f"r={r}", g))
         panels.append(Panel(g, f"W{w} vs ΔW{w}, r={r}", f"i (W{w})", f"j (ΔW{w})"))
         head[f"r={r}"] = float(g[g.shape[1] - 1, g.shape[1] - 1])
     r_max = max(ranked)
     rng = np.random.default_rng(plan.opts.seed)
     g = amplification.w_vs_dw_phi(W, subspace.random_gaussian_basis(f.d, r_max, rng))
-    frames.append(_long("figure8", "W_left_vs_dW_left", layer, "random", g))
+    frames.append(long_frame("figure8", "W_left_vs_dW_left", layer, "random", g))
     panels.append(Panel(g, f"W{w} vs random, r={r_max}", f"i (W{w})", "j (random)"))
     head["random"] = float(g[g.shape[1] - 1, g.shape[1] - 1])
     fig = heatmap_figure(
