@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.numpy import save_file as np_save_file
 from safetensors.torch import save_file as torch_save_file
-from tiny_models import build, one_thread, set_random_B  # noqa: F401
 
 from analysis import amplification, basemodel, rsvd, subspace
 from analysis import inspect as insp
 from lora_repro import lora, runs, weights
 from lora_repro.errors import LoraReproError
 from lora_repro.targets import find_targets
+from tests.helpers.tiny_models import build, set_random_B
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*is_gradient_checkpointing.* is deprecated:FutureWarning"  # raised inside peft
@@ -486,7 +486,7 @@ def test_errors_are_one_line(tmp_path, capsys, tiny_run):
     # a base model of another shape
     other = tmp_path / "other"
     import transformers
-    from tiny_models import config
+    from tests.helpers.tiny_models import config
 
     cfg = config("bert")
     cfg.hidden_size, cfg.intermediate_size = 48, 96
