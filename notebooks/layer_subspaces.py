@@ -22,7 +22,9 @@
 #    were not run) under every subspace view, and a random Gaussian baseline;
 # 2. the singular-value spectra of A, B and ΔW = (α/r)·B·A;
 # 3. the Table 7 numbers (‖UᵀWV‖F for ΔW's, W's and random directions, ‖ΔW‖F, amplification,
-#    ratio to random) for each run.
+#    ratio to random) for each run;
+# 4. where a full fine-tuning run exists, its ΔW beside LoRA's: spectra, rank, intruder
+#    dimensions and φ between the two.
 #
 # Run it into a notebook with outputs: `.venv/bin/jupytext --to ipynb --execute
 # notebooks/layer_subspaces.py` (writes `notebooks/layer_subspaces.ipynb`; without `--execute` the
@@ -43,8 +45,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from IPython.display import Image, Markdown, display  # noqa: E402
 
-from analysis import amplification, basemodel, layer_data, subspace  # noqa: E402
+from analysis import amplification, basemodel, fullft, layer_data, subspace  # noqa: E402
 from analysis.figures import plots  # noqa: E402
+from lora_repro import runs  # noqa: E402
 from lora_repro.errors import LoraReproError  # noqa: E402
 
 # %% tags=["parameters"]
@@ -153,3 +156,36 @@ else:
         t7[label] = amplification.table7_stats(W, f.B, f.A, f.scaling, n_random=N_RANDOM, seed=SEED)
     table7 = pd.DataFrame(t7)
     display(table7)
+
+# %% [markdown]
+# ## Full fine-tuning beside LoRA (this layer)
+# When the results hold a full fine-tuning run of Wq,Wv (`make sweep SWEEP=full`), its ΔW =
+# W_ft − W0 at this layer against the two LoRA runs: the spectra, the rank that explains 90% of
+# ‖ΔW‖F², intruder dimensions (top 10, |cos| < 0.5 with every direction of W0) and φ between
+# LoRA's and full fine-tuning's top left singular vectors (`analysis.fullft`).
+
+# %%
+full_run = fullft.find(results).get((TASK, MODEL))
+if full_run is None or WEIGHT not in fullft.TYPES:
+    print(f"no full fine-tuning run of Wq,Wv for {TASK}/{MODEL}: make sweep SWEEP=full")
+else:
+    delta = runs.load_delta(full_run.full[min(full_run.full)])
+    dW_full = np.asarray(delta.dW[delta.key_for(WEIGHT, layer)], np.float64)
+    W0 = base.matrix_for(delta.modules[delta.key_for(WEIGHT, layer)])
+    updates = {label: subspace.factored_svd(f.B, f.A, f.scaling).dense()
+               for f, label in zip(factors, labels, strict=True)}  # fmt: skip
+    updates["full FT"] = dW_full
+    spectra, rows = {}, []
+    for label, dW in updates.items():
+        s = fullft.singular_values(dW)
+        spectra[label] = s
+        rows.append({"update": label, **fullft.rank_measures(s),
+                     "intruders": fullft.intruders(W0, dW)["count"]})  # fmt: skip
+    display(Image(plots.png_bytes(plots.spectrum_figure(spectra, f"ΔW{WEIGHT}, layer {layer}"))))
+    u_full = fullft.left_vectors(dW_full, fullft.PHI_TOP)
+    panels = [plots.Panel(fullft.lora_vs_full_phi(fullft.left_vectors(updates[lab], f.r), u_full),
+                          f"{lab} vs full FT", "i (LoRA)", "j (full FT)")
+              for f, lab in zip(factors, labels, strict=True)]  # fmt: skip
+    fig = plots.heatmap_figure([panels], f"LoRA vs full fine-tuning, ΔW{WEIGHT}, layer {layer}")
+    display(Image(plots.png_bytes(fig)))
+    display(pd.DataFrame(rows).set_index("update"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fixtures_analysis import make_results
+from tests.helpers.fixtures_analysis import make_results, write_full_run
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "layer_subspaces.py"
@@ -37,6 +37,7 @@ def test_notebook_runs_on_fixture_results(tmp_path, monkeypatch):
     pytest.importorskip("ipykernel")
     # r = 1 is there too (Table 6 runs): the default must still be the paper's r = 8 vs r = 64
     results = make_results(tmp_path / "results", ranks=(1, 8, 64), seed1_ranks=(), d=64, k=64)
+    write_full_run(results, d=64, k=64)
     monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec(tmp_path / "jupyter")))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -67,4 +68,5 @@ def test_notebook_runs_on_fixture_results(tmp_path, monkeypatch):
     assert "φ(1, 1)" in text and "random" in text
     assert "amplification" in text and "ratio_to_random" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # φ heatmaps + two spectra
+    assert "energy_rank" in text and "intruders" in text  # the full fine-tuning section
+    assert len(images) >= 5  # φ heatmaps, two spectra, full FT spectra and its φ grids

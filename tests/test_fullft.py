@@ -4,6 +4,7 @@ count against peft's own implementation."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import fullft
@@ -137,3 +138,43 @@ def test_intruder_counts_agree_with_peft():
             )
     assert ours["query"] > 0 and ours["value"] == 0
     assert theirs == ours
+
+
+def test_figures_table_and_claims_from_fixture_runs(tmp_path):
+    from analysis import claims
+    from analysis.figures import fullft as figures
+    from tests.helpers.fixtures_analysis import make_results, write_full_run
+
+    results = make_results(tmp_path / "results", ranks=(1, 8, 32), seed1_ranks=(8,), d=48, k=48)
+    for seed in (0, 1):
+        write_full_run(results, seed=seed)
+    out = figures.write_all(results)
+    names = {p.name for p in out["written"]}
+    for stem in ("fullft_spectra", "fullft_phi", "fullft_intruders"):
+        assert {f"{stem}.png", f"{stem}.pdf", f"{stem}.csv"} <= names
+    assert {"fullft.md", "fullft.csv", "fullft.tex"} <= names
+    table = pd.read_csv(results / "tables" / "fullft.csv")
+    full_q = table[(table["type"] == "q") & (table["method"] == "full")].iloc[0]
+    assert full_q["n_seeds"] == 2
+    # full-rank noise on a rank-1 plant: the 90%-energy rank is far above LoRA's
+    lora_q = table[(table["type"] == "q") & (table["r"] == 8)].iloc[0]
+    assert full_q["energy_rank"] > 10 * lora_q["energy_rank"]
+    # LoRA plants the same top direction: φ(1, 8) against full fine-tuning is near 1
+    assert lora_q["phi_top1_full"] > 0.9
+    m = out["measured"][("rotten_tomatoes", "minilm")]
+    by_id = {c.id: c for c in claims.fullft_claims(m.frame(), m.d)}
+    assert set(by_id) == {"FT-1", "FT-2", "FT-3"}
+    ft2 = by_id["FT-2"].parts[0]  # ΔWq: one value per seed, each against that seed's full run
+    assert ft2.seeds == [0, 1] and np.mean(ft2.values) == pytest.approx(lora_q["phi_top1_full"])
+    assert ft2.verdict == "holds" and ft2.random == pytest.approx(8 / 48)
+    assert claims.fullft_claims(None, None)[0].missing
+
+
+def test_no_full_runs_draw_nothing_and_say_so(tmp_path, capsys):
+    from analysis.figures import fullft as figures
+    from tests.helpers.fixtures_analysis import make_results
+
+    results = make_results(tmp_path / "results", ranks=(8,), seed1_ranks=(), d=48, k=48)
+    assert figures.main(["--results", str(results)]) == 0
+    assert "no finished adapter.method=full runs" in capsys.readouterr().out
+    assert not (results / "tables" / "fullft.md").exists()

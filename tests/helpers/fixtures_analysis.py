@@ -149,3 +149,40 @@ def _info_for_key(key: str, d: int, k: int) -> runs.ModuleInfo:
     layer = int(key.split(".")[3])
     t = next(t for t, p in MODULE_PATHS.items() if p.format(l=layer) == key)
     return module_info(t, layer, d, k)
+
+
+def write_full_run(
+    results: Path,
+    *,
+    targets: Sequence[str] = ("q", "v"),
+    seed: int = 0,
+    d: int = D,
+    k: int = K,
+    n_layers: int = N_LAYERS,
+    noise: float = 0.05,
+) -> Path:
+    """Write one finished full fine-tuning run: ΔW = PLANT_SCALE² · b* a*ᵀ (the direction the LoRA
+    runs plant) plus dense Gaussian noise of std ``noise`` (full rank)."""
+    run = Path(results) / "runs" / TASK / MODEL / f"{'_'.join(targets)}-full" / f"seed{seed}"
+    rng = np.random.default_rng([seed, 13])
+    modules, dW = {}, {}
+    for layer in range(n_layers):
+        for t in targets:
+            info = module_info(t, layer, d, k)
+            b_star, a_star = planted(t, layer, d, k)
+            dW[info.key] = PLANT_SCALE**2 * np.outer(b_star, a_star) + rng.normal(0, noise, (d, k))
+            modules[info.key] = info
+    runs.save_delta(run / runs.DELTA_FILE, dW, targets=list(targets), base_model="fixture/minilm",
+                    modules=modules, n_layers=n_layers, method="full")  # fmt: skip
+    cfg = {
+        "model": {"name": MODEL, "id": "fixture/minilm"},
+        "task": {"name": TASK},
+        "adapter": {"method": "full", "targets": list(targets), "r": None, "alpha": None},
+        "seed": seed,
+        "group": "runs",
+    }
+    runs.atomic_write_yaml(run / runs.CONFIG_FILE, cfg)
+    runs.atomic_write_json(run / runs.META_FILE, {"seed": seed, "fixture": True})
+    runs.atomic_write_json(run / runs.SUMMARY_FILE, {"r": None, "val_accuracy": 0.81})
+    runs.atomic_write_json(run / runs.STATUS_FILE, {"status": "success"})
+    return run
