@@ -421,13 +421,11 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
     model, tok = prep.loaded.model, prep.loaded.tokenizer
     _save_base_weights(cfg, model)
 
-    W0 = base_weights(model, prep.targets) if prep.method == "full" else None
+    full_ft = prep.method == "full"
+    W0 = base_weights(model, prep.targets) if full_ft else None  # for ΔW = W_ft − W0 at the end
     head_params = attach(model, prep, seed_init)
-    if W0 is not None:
-        trained = full.weights_of(model, prep.targets)
-    else:
-        trained = lora_parameters(model)
-    if W0 is None:
+    trained = full.weights_of(model, prep.targets) if full_ft else lora_parameters(model)
+    if not full_ft:
         A_init, _ = lora_state(model)
         runs.atomic_save_safetensors(
             {f"{k}.lora_A.weight": v for k, v in A_init.items()},
@@ -479,7 +477,7 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
         if preds is not None:
             _write_predictions(run_dir, "test", prep.data, preds)
     val = [m for m in runs.read_jsonl(run_dir / runs.METRICS_FILE) if m["split"] == "validation"]
-    if W0 is not None:
+    if full_ft:
         full.save_delta(model, run_dir / runs.DELTA_FILE, W0, prep.targets, cfg.model.id)
     else:
         save_adapter(model, run_dir / runs.ADAPTER_FILE, prep.lora, cfg.model.id)
