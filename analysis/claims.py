@@ -579,10 +579,12 @@ def fullft_claims(frame: pd.DataFrame | None, d: int | None) -> list[Claim]:
                             "nonsuperiority", ALMOST_NONE, units="directions",
                             random=float(np.mean(list(per_seed(t, "intruders_random", "full")
                                                       .values()) or [np.nan]))))  # fmt: skip
-        for r in (1, 64):
+        for r in (1, 8, 64):  # descriptive: beside the level of a random update of LoRA's spectrum
+            rand = per_seed(t, "intruders_random", "lora", r)
             p3.append(_phi_part(f"intruders per matrix, LoRA r={r}, ΔW{t}",
                                 per_seed(t, "intruders", "lora", r), lambda v: v,
-                                "directional", 0.0, units="directions"))  # fmt: skip
+                                "directional", 0.0, units="directions",
+                                random=float(np.mean(list(rand.values()))) if rand else None))  # fmt: skip
             p3[-1].judged = False
     return [
         Claim("FT-1", "Biderman et al. 2024 (after the paper)",

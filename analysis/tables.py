@@ -81,8 +81,8 @@ def table7_frame(stats_by_rank: Mapping[int, Mapping[str, float]]) -> pd.DataFra
 
 
 def is_missing(v: Any) -> bool:
-    """True for a table cell with no value: ``None`` or a float NaN."""
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    """True for a table cell with no value: ``None``, a float NaN or pandas' NA."""
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def show(v: Any) -> str:

@@ -69,7 +69,9 @@ def spectra_figure(m: Measured, layer: int, seed: int) -> tuple[Figure, pd.DataF
             if s is None:
                 continue
             style = "--" if name.startswith("random") else "-"
-            ax.semilogy(np.arange(1, s.size + 1), np.maximum(s, 1e-12), style, label=name, lw=1.2)
+            marker = "o" if s.size <= 8 else None  # r = 1 is one point
+            ax.semilogy(np.arange(1, s.size + 1), np.maximum(s, 1e-12), style, label=name, lw=1.2,
+                        marker=marker, ms=4)  # fmt: skip
             frames.append(pd.DataFrame({"type": t, "layer": layer, "seed": seed, "line": name,
                                         "index": np.arange(1, s.size + 1), "sigma": s}))  # fmt: skip
         ax.set_title(f"ΔW{t}, layer {layer}, seed {seed}", fontsize=9)
