@@ -284,7 +284,7 @@ class _Run:
     run_dir: Path
 
 
-def _prepared_runs(cfgs: list[DictConfig]) -> list[_Run]:
+def _prepared_runs(cfgs: list[DictConfig], allow_repeats: bool = False) -> list[_Run]:
     """Validate, canonicalize and prepare every run over one loaded model and data set."""
     out: list[_Run] = []
     first = None
@@ -310,20 +310,25 @@ def _prepared_runs(cfgs: list[DictConfig]) -> list[_Run]:
             f"{', '.join(PER_RUN_TRAIN)}; group them with lora_repro.pack.plan"
         )
     dirs = [r.run_dir for r in out]
-    if len(set(dirs)) < len(dirs):
+    if len(set(dirs)) < len(dirs) and not allow_repeats:
         raise PackError("a pack holds the same run twice; give each run once")
     return out
 
 
 def pending(cfgs: list[DictConfig]) -> list[DictConfig]:
-    """The runs of ``cfgs`` not finished yet (Table 5's r resolved from its budget first).
+    """The runs of ``cfgs`` not finished yet (Table 5's r resolved from its budget first), each
+    run once (two configs naming one run directory are one run).
 
     Each group of :func:`pack_key` loads its model once. A run whose directory holds a finished
     run with the same identity is left out; anything else is kept (the pack's claim then decides).
     """
     out: list[DictConfig] = []
+    seen: set[Path] = set()
     for group in _groups(cfgs):
-        for r in _prepared_runs(group):
+        for r in _prepared_runs(group, allow_repeats=True):
+            if r.run_dir in seen:  # e.g. Table 5's Wq at r = 8 is Table 6's Wq at r = 8
+                continue
+            seen.add(r.run_dir)
             state = runs.run_state(r.run_dir)
             if state.usable and not lifecycle.diff(
                 lifecycle.identity(runs.read_config(r.run_dir)), lifecycle.identity(r.resolved)
