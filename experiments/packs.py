@@ -80,14 +80,15 @@ def run(
     todo = pack.pending(lora)
     packs = pack.plan(todo, pack_size, max_tokens)
     print(
-        f"== pack: {len(lora)} LoRA run(s), {len(todo)} pending, in {len(packs)} pack(s) "
+        f"== pack: {len(lora)} LoRA config(s), {len(todo)} run(s) to train (finished runs and "
+        f"runs two grids share left out), in {len(packs)} pack(s) "
         f"of at most {pack_size}; {len(full)} full fine-tuning run(s) one by one",
         flush=True,
     )
     failures = []
     for n, p in enumerate(packs, 1):
-        names = [f"{' '.join(c.adapter.targets)} r={c.adapter.r} seed={c.seed}" for c in p]
-        print(f"== pack {n}/{len(packs)}: {len(p)} run(s): {'; '.join(names)}", flush=True)
+        names = "; ".join(_describe(c) for c in p)
+        print(f"== pack {n}/{len(packs)}: {len(p)} run(s): {names}", flush=True)
         try:
             for cfg, summary in zip(p, pack.fit_pack(p), strict=True):
                 if summary is None:

@@ -104,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.pack:
         if args.launcher != "local":
             return _bad("--pack trains locally; use --launcher local (or drop --pack)")
-        failed_grids = _packed(names, args, failure_log)
+        from lora_repro.lifecycle import Interrupted, exit_code
+
+        try:
+            failed_grids = _packed(names, args, failure_log)
+        except (Interrupted, KeyboardInterrupt) as e:  # the pack's runs are marked failed
+            print(
+                "interrupted; finished runs are kept: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return exit_code(e.signum) if isinstance(e, Interrupted) else 130
         if failed_grids is None:
             return 2
     for name in names if not args.pack else []:

@@ -10,7 +10,8 @@ number of steps and the batch size (:func:`pack_key`) are trained together here:
   schedule (:func:`lora_repro.train.make_trainee`), its own data order (``seed_data``) and its own
   init (``seed_init``: A, then the head, drawn from it exactly as a standalone run draws them);
 * one step takes each run's next batch, stacks the K batches along the batch axis (right-padded
-  to the pack's longest sequence), runs the base model once, and each :class:`PackedLoraLayer`
+  to the longest sequence; batches whose lengths differ too much go into separate passes,
+  :func:`passes`), runs the base model once per pass, and each :class:`PackedLoraLayer`
   adds run i's s_i·B_i·A_i·x to run i's rows; each run's loss is the mean over its own rows, the
   K losses are summed and backpropagated once: a run's gradients come only from its own rows;
 * evaluation runs each run's adapter in turn over the whole split (:attr:`PackState.active`),
@@ -113,8 +114,9 @@ class PackedLoraLayer(nn.Module):
     :attr:`PackState.sizes` rows each → y (b, ..., d_total), where run i's rows get
     ``W0·x + s_i·B_i·A_i·dropout_i(x)`` for each of its factors (a run with no factor on this
     matrix gets ``W0·x``). With :attr:`PackState.active` = i, run i's factors apply to all rows.
-    Each run's delta is a loop over the runs with rows: measured on a 2-core AVX2 CPU it is no
-    slower than one batched matmul per rank (the deltas are a few percent of the step).
+    Each run's delta is a loop over the runs with rows: a batched matmul with ranks padded to the
+    largest was not consistently faster on a 2-core CPU (``bench.pack_step``), and the loop needs
+    no padding of r nor of the runs that do not adapt this matrix.
     """
 
     def __init__(self, base_layer: nn.Module, state: PackState) -> None:
@@ -271,6 +273,77 @@ def inject_pack(
     for name, copies in heads.items():
         setattr(model, name, PackedHead(copies, state).train(head[name].training))
     return Packed(state, factors, head_params)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step of a pack
+# ---------------------------------------------------------------------------------------------
+# Runs whose batches differ in length share a pass only while padding them to the longest costs
+# at most this fraction of extra tokens: on a CPU a step's time is proportional to its padded
+# tokens (2048 rows already saturate the GEMMs), so a pass that pads a short batch to a long one
+# costs more than the second pass it saves.
+PAD_SLACK = 0.1
+
+
+def passes(shapes: dict[int, tuple[int, int]], slack: float = PAD_SLACK) -> list[list[int]]:
+    """Group runs into base passes by their batch's padded length.
+
+    Args:
+        shapes: run -> (rows, padded length L) of its batch this step.
+        slack: a run joins the pass of the runs shorter than it while the pass's padded tokens
+            (rows · longest L) stay within (1 + slack) × the tokens of each batch padded alone.
+
+    Returns:
+        The passes, each a list of runs in run order; every run in exactly one.
+    """
+    order = sorted(shapes, key=lambda i: shapes[i][1])
+    groups: list[list[int]] = []
+    rows = alone = 0
+    for i in order:
+        n, L = shapes[i]
+        if groups and (rows + n) * L <= (1 + slack) * (alone + n * L):
+            groups[-1].append(i)
+            rows, alone = rows + n, alone + n * L
+        else:
+            groups.append([i])
+            rows, alone = n, n * L
+    return [sorted(g) for g in groups]
+
+
+def forward_backward(
+    model: nn.Module,
+    track: Any,
+    state: PackState,
+    batches: dict[int, list[int]],
+    scalers: dict[int, torch.amp.GradScaler],
+    grad_accum: int = 1,
+    slack: float = PAD_SLACK,
+) -> dict[int, float]:
+    """Forward and backward of one micro-batch per run, the runs stacked into few base passes
+    (:func:`passes`); each run's gradients accumulate into its own parameters only.
+
+    Args:
+        model: the packed model (:func:`inject_pack`).
+        track: the task's :class:`lora_repro.tracks.Track` (its ``packed_loss``).
+        state: the model's :class:`PackState`.
+        batches: run -> indices of its training examples this micro-step.
+        scalers: run -> its loss scaler (fp16; a no-op otherwise).
+        grad_accum: each loss is divided by it, as in :func:`lora_repro.train.step`.
+        slack: see :func:`passes`.
+
+    Returns:
+        run -> its loss / grad_accum (a float; NaN or inf left for the caller to act on).
+    """
+    shapes = {i: (len(b), max(track.lengths[j] for j in b)) for i, b in batches.items()}
+    out: dict[int, float] = {}
+    for group in passes(shapes, slack):
+        state.sizes = [len(batches[i]) if i in group else 0 for i in range(len(state.sizes))]
+        losses = [x / grad_accum for x in track.packed_loss(model, [batches[i] for i in group])]
+        torch.stack(
+            [scalers[i].scale(x) for i, x in zip(group, losses, strict=True)]
+        ).sum().backward()
+        out |= {i: x.item() for i, x in zip(group, losses, strict=True)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,16 +575,13 @@ def _train_pack(pack: list[_Run], fail, t_start: float) -> list[dict[str, Any] |
     t0, eval_s = time.time(), 0.0
     for step_ in tqdm(range(tc.max_steps), desc=f"pack of {len(pack)}", disable=not tc.progress):
         totals = dict.fromkeys(alive, 0.0)
+        scalers = {i: trainees[i].scaler for i in alive}
         for _ in range(tc.grad_accum):
             bs = {i: next(streams[i]) for i in alive}
-            packed.state.sizes = [len(bs[i]) if i in bs else 0 for i in range(len(pack))]
-            losses = track.packed_loss(model, [bs[i] for i in alive])
-            scaled = []
-            for i, loss in zip(alive, losses, strict=True):
-                loss = loss / tc.grad_accum
-                scaled.append(trainees[i].scaler.scale(loss))
-                totals[i] += loss.item()
-            torch.stack(scaled).sum().backward()
+            for i, x in forward_backward(
+                model, track, packed.state, bs, scalers, tc.grad_accum
+            ).items():
+                totals[i] += x
         for i in alive:
             standalone.update(trainees[i], pack[i].cfg.train.max_grad_norm)
             last[i] = totals[i]

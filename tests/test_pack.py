@@ -18,7 +18,7 @@ from torch import nn
 from lora_repro import lifecycle, runs
 from lora_repro.lora import LoraConfig, inject_lora, lora_layers
 from lora_repro.models import head_modules, reset_head
-from lora_repro.pack import PackError, fit_pack, inject_pack, plan
+from lora_repro.pack import PackError, fit_pack, inject_pack, passes, plan
 from lora_repro.targets import find_targets
 from tests.helpers.configs import FAST, compose
 from tests.helpers.tiny_models import build, input_ids
@@ -108,6 +108,15 @@ def test_packed_lora_dropout_draws_from_each_runs_own_generator():
     # run 0 kept its stream (seed 0) and gives the same output; run 1's changed with its seed
     torch.testing.assert_close(outs[0][0], outs[1][0])
     assert not torch.allclose(outs[0][1], outs[1][1])
+
+
+def test_passes_share_a_base_pass_only_while_padding_stays_within_the_slack():
+    # 8 rows each: lengths 20, 21, 22 pad to 22 at 3 % extra tokens; 60 would cost 2.6x alone
+    shapes = {0: (8, 60), 1: (8, 21), 2: (8, 20), 3: (8, 22)}
+    assert passes(shapes, slack=0.1) == [[1, 2, 3], [0]]
+    assert passes(shapes, slack=10.0) == [[0, 1, 2, 3]]
+    assert passes(shapes, slack=0.0) == [[2], [1], [3], [0]]
+    assert passes({5: (4, 9)}) == [[5]]
 
 
 def test_plan_groups_by_base_pass_and_bounds_the_pack():
