@@ -165,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _packed(names: list[str], args: argparse.Namespace, failure_log: Path) -> list[str] | None:
     """Train the grids packed (experiments.packs); failures go to ``failure_log``. ``None`` after
-    a bad --pack-size / --pack-tokens (reported)."""
+    bad input (reported in one line)."""
     from experiments.packs import run
-    from lora_repro.pack import PackError
+    from lora_repro.errors import LoraReproError
 
+    if args.pack_size < 1 or (args.pack_tokens is not None and args.pack_tokens < 1):
+        _bad("--pack-size and --pack-tokens must be >= 1")
+        return None
     print(f"== sweep {','.join(names)} packed (--pack-size {args.pack_size})", flush=True)
     try:
         failures = run(names, args.overrides, args.pack_size, args.pack_tokens)
-    except PackError as e:
+    except LoraReproError as e:  # a bad --pack-size / --pack-tokens, or a grid's bad config
         _bad(str(e))
         return None
     for f in failures:

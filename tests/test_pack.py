@@ -248,3 +248,21 @@ def test_a_diverging_run_fails_alone_and_the_pack_goes_on(tmp_path: Path):
     assert states["seed1"]["status"] == "failed"
     assert "TrainingDiverged" in states["seed1"]["error"]
     assert "lower train.lr" in states["seed1"]["error"]
+
+
+def test_sweep_pack_expands_each_grid_with_the_command_line_overrides():
+    from experiments.packs import combinations
+
+    combos = combinations("table6", ["seed=0,1", "train.max_steps=5"])
+    assert len(combos) == 3 * 5 * 2  # targets × ranks × the command line's seeds
+    assert ["adapter.targets=[q,v]", "adapter.r=64", "seed=1", "train.max_steps=5"] in combos
+    assert all(c.count("train.max_steps=5") == 1 for c in combos)
+
+
+def test_sweep_pack_refuses_a_bad_pack_size_in_one_line(tmp_path, capsys):
+    from experiments.sweep import main
+
+    assert main(["--pack", "--pack-size", "0", f"paths.results={tmp_path}"]) == 2
+    assert "--pack-size" in capsys.readouterr().err
+    assert main(["--pack", "--launcher", "slurm", f"paths.results={tmp_path}"]) == 2
+    assert "--launcher local" in capsys.readouterr().err
