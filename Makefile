@@ -16,6 +16,9 @@ RESULTS ?= results
 MODEL ?=
 TASK ?=
 ARGS ?=
+# PACK=1: the grids' pending LoRA runs trained in packs over one base pass (docs/sweeps-and-slurm.md)
+PACK ?=
+PACK_SIZE ?= 8
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast lint format sweep collect figures bench clean
@@ -50,7 +53,7 @@ format: setup
 # Section 7's grids (conf/sweep/), finished runs skipped, then the index and Tables 5 and 6.
 sweep: setup
 	$(BIN)/python -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER) \
-		paths.results=$(RESULTS) $(if $(MODEL),model=$(MODEL)) $(if $(TASK),task=$(TASK)) $(ARGS)
+		$(if $(PACK),--pack --pack-size $(PACK_SIZE)) paths.results=$(RESULTS) $(if $(MODEL),model=$(MODEL)) $(if $(TASK),task=$(TASK)) $(ARGS)
 
 collect: setup
 	$(BIN)/python -m analysis.index --results $(RESULTS)

@@ -68,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", default="paper", help="paper | table5 | table6 | subspace | seeds")
     p.add_argument("--launcher", default="local", help="local | parallel | submitit_local | slurm")
     p.add_argument("--no-collect", action="store_true", help="skip writing the index and tables")
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="train the pending LoRA runs of all the grids in packs over one base pass "
+        "(lora_repro.pack), locally, one pack after another",
+    )
+    p.add_argument("--pack-size", type=int, default=8, help="at most this many runs per pack")
+    p.add_argument(
+        "--pack-tokens",
+        type=int,
+        default=None,
+        help="at most this many padded tokens per step: K × train.batch_size × task.max_length",
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=minilm seed=0,1,2")
     args = p.parse_args(argv)
     if args.launcher not in launchers():
@@ -88,7 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     failure_log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, FAILURE_LOG_ENV: str(failure_log.resolve())}
     failed_grids = []
-    for name in names:
+    if args.pack:
+        if args.launcher != "local":
+            return _bad("--pack trains locally; use --launcher local (or drop --pack)")
+        from lora_repro.lifecycle import Interrupted, exit_code
+
+        try:
+            failed_grids = _packed(names, args, failure_log)
+        except (Interrupted, KeyboardInterrupt) as e:  # the pack's runs are marked failed
+            print(
+                "interrupted; finished runs are kept: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return exit_code(e.signum) if isinstance(e, Interrupted) else 130
+        if failed_grids is None:
+            return 2
+    for name in names if not args.pack else []:
         cmd = [
             sys.executable,
             "-m",
@@ -133,6 +161,26 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _packed(names: list[str], args: argparse.Namespace, failure_log: Path) -> list[str] | None:
+    """Train the grids packed (experiments.packs); failures go to ``failure_log``. ``None`` after
+    bad input (reported in one line)."""
+    from experiments.packs import run
+    from lora_repro.errors import LoraReproError
+
+    if args.pack_size < 1 or (args.pack_tokens is not None and args.pack_tokens < 1):
+        _bad("--pack-size and --pack-tokens must be >= 1")
+        return None
+    print(f"== sweep {','.join(names)} packed (--pack-size {args.pack_size})", flush=True)
+    try:
+        failures = run(names, args.overrides, args.pack_size, args.pack_tokens)
+    except LoraReproError as e:  # a bad --pack-size / --pack-tokens, or a grid's bad config
+        _bad(str(e))
+        return None
+    for f in failures:
+        runs.append_jsonl(failure_log, {"overrides": [f["run"]], "error": f["error"]})
+    return []
 
 
 def _bad(message: str) -> int:

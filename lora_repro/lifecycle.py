@@ -31,7 +31,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,17 +263,55 @@ def recording(run_dir: Path) -> Iterator[None]:
         try:
             yield
         except BaseException as e:
-            if isinstance(e, Interrupted):
-                reason = str(e)
-            elif isinstance(e, KeyboardInterrupt):
-                reason = "interrupted"
-            else:
-                reason = f"{type(e).__name__}: {e}"
-            mark_failed(run_dir, reason)
+            mark_failed(run_dir, _reason(e))
             if isinstance(e, Interrupted):
                 hand_on(e.signum, previous.get(e.signum))
             raise
     runs.atomic_write_json(run_dir / runs.STATUS_FILE, {"status": "success", "ended": time.time()})
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, Interrupted):
+        return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def recording_all(run_dirs: list[Path]) -> Iterator[Callable[[Path, str], None]]:
+    """:func:`recording` for several runs trained in one process (:mod:`lora_repro.pack`).
+
+    Yields ``fail(run_dir, reason)``, which marks one run failed while the others go on. On a
+    normal exit every run not failed gets ``success`` (last); on any exception or stop signal
+    every run not already failed is marked failed with the reason, so a killed pack leaves no run
+    reading as finished.
+
+    Raises:
+        Interrupted: re-raised after SIGTERM / SIGUSR2 was recorded and handed on.
+        Whatever the body raised, after it was recorded.
+    """
+    failed: set[Path] = set()
+
+    def fail(run_dir: Path, reason: str) -> None:
+        mark_failed(run_dir, reason)
+        failed.add(run_dir)
+
+    with _signals_raise() as previous:
+        try:
+            yield fail
+        except BaseException as e:
+            for d in run_dirs:
+                if d not in failed:
+                    mark_failed(d, _reason(e))
+            if isinstance(e, Interrupted):
+                hand_on(e.signum, previous.get(e.signum))
+            raise
+    for d in run_dirs:
+        if d not in failed:
+            runs.atomic_write_json(
+                d / runs.STATUS_FILE, {"status": "success", "ended": time.time()}
+            )
 
 
 def write_predictions(run_dir: Path, split: str, prompts, refs, preds) -> None:

@@ -322,11 +322,18 @@ def module_infos(targets: Sequence[Target]) -> dict[str, runs.ModuleInfo]:
 
 def adapter_header(model: nn.Module, cfg: LoraConfig, base_model: str) -> dict[str, str]:
     """Header metadata for ``adapter.safetensors`` (r, α, scaling, init, targets, base model)."""
-    targets = [t for t, _ in iter_factors(model)]
     try:
         n_layers = num_layers(model)
     except Exception:  # noqa: BLE001 - models without the usual config keys
         n_layers = None
+    return header_for([t for t, _ in iter_factors(model)], n_layers, cfg, base_model)
+
+
+def header_for(
+    targets: Sequence[Target], n_layers: int | None, cfg: LoraConfig, base_model: str
+) -> dict[str, str]:
+    """:func:`adapter_header` from the adapted targets themselves (a model may carry several
+    runs' factors, :mod:`lora_repro.pack`)."""
     return runs.adapter_metadata(
         r=cfg.r,
         alpha=cfg.alpha,

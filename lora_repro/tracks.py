@@ -72,12 +72,17 @@ class Track:
         evaluate: ``(model, split) -> (metrics, predictions)``; metrics hold ``loss`` and the
             task's metrics; predictions are the decoded texts of a generation task, else None.
         splits: the evaluation splits the data set has (``validation``, and ``test`` if present).
+        packed_loss: ``(model, [indices of run 1, ..., of run K]) -> [loss of run 1, ...]``: the K
+            batches stacked along the batch axis (padded to the longest), one forward, each run's
+            loss from its own rows (:mod:`lora_repro.pack`); each equals ``batch_loss`` of that
+            run's batch.
     """
 
     lengths: list[int]
     batch_loss: Callable[[Any, list[int]], torch.Tensor]
     evaluate: Callable[[Any, str], tuple[dict[str, float], list[str] | None]]
     splits: list[str]
+    packed_loss: Callable[[Any, list[list[int]]], list[torch.Tensor]] | None = None
 
 
 def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device, prec: str) -> Track:
@@ -122,12 +127,26 @@ def _seq_cls_track(
             return torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=ls)
         return torch.nn.functional.cross_entropy(logits.float(), y)
 
+    def packed_loss(model, bs: list[list[int]]) -> list[torch.Tensor]:
+        flat = [i for b in bs for i in b]
+        input_ids, mask = pad_batch([train_ids[i] for i in flat], pad_id)
+        y = torch.tensor([train_y[i] for i in flat], device=device)
+        with autocast(device, prec):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        out, o = [], 0
+        for b in bs:
+            lg, yb = logits[o : o + len(b)].float(), y[o : o + len(b)]
+            ce = torch.nn.functional.cross_entropy
+            out.append(ce(lg, yb, label_smoothing=ls) if ls else ce(lg, yb))
+            o += len(b)
+        return out
+
     def ev(model, split: str):
         return evaluate(
             model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, prec
         ), None
 
-    return Track([len(x) for x in train_ids], batch_loss, ev, evals)
+    return Track([len(x) for x in train_ids], batch_loss, ev, evals, packed_loss)
 
 
 def _lm_batch_loss(train: list, pad_id: int, device: torch.device, precision: str, ls: float):
@@ -139,6 +158,29 @@ def _lm_batch_loss(train: list, pad_id: int, device: torch.device, precision: st
             return causal.lm_loss(model, ids.to(device), mask.to(device), lab.to(device), ls)
 
     return batch_loss
+
+
+def _lm_packed_loss(train: list, pad_id: int, device: torch.device, precision: str, ls: float):
+    """:func:`_lm_batch_loss` of K runs' batches stacked: each run's mean over its own targets."""
+
+    def packed_loss(model, bs: list[list[int]]) -> list[torch.Tensor]:
+        ids, mask, lab = causal.lm_batch([train[i] for b in bs for i in b], pad_id)
+        ids, mask, lab = ids.to(device), mask.to(device), lab.to(device)
+        shifted = lab[:, 1:]
+        sel = shifted != causal.IGNORE
+        first = int(sel.any(0).nonzero().min()) if sel.any() else 0
+        with autocast(device, precision):
+            logits = causal.forward_logits(model, ids, mask, first)[:, :-1]
+        sel, shifted = sel[:, first:], shifted[:, first:]
+        out, o = [], 0
+        for b in bs:
+            rows = slice(o, o + len(b))
+            lg, tg = logits[rows][sel[rows]].float(), shifted[rows][sel[rows]]
+            out.append(torch.nn.functional.cross_entropy(lg, tg, label_smoothing=ls))
+            o += len(b)
+        return out
+
+    return packed_loss
 
 
 def _causal_cls_track(
@@ -173,7 +215,8 @@ def _causal_cls_track(
         loss = -scores[torch.arange(len(y)), y].mean().item()  # -log p(gold label word | prompt)
         return {"accuracy": acc, "loss": loss}, None
 
-    return Track([len(e.ids) for e in train], batch_loss, ev, evals)
+    packed = _lm_packed_loss(train, pad_id, device, prec, ls)
+    return Track([len(e.ids) for e in train], batch_loss, ev, evals, packed)
 
 
 def _causal_gen_track(cfg, data: GenerationData, tok, device, prec: str, ls: float, evals) -> Track:
@@ -213,4 +256,5 @@ def _causal_gen_track(cfg, data: GenerationData, tok, device, prec: str, ls: flo
         metrics = generation_metrics(list(task.metrics), preds, data.splits[split][1])
         return {**metrics, "loss": -logp.sum().item() / n_tok}, preds
 
-    return Track([len(e.ids) for e in train], batch_loss, ev, evals)
+    packed = _lm_packed_loss(train, pad_id, device, prec, ls)
+    return Track([len(e.ids) for e in train], batch_loss, ev, evals, packed)

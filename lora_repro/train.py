@@ -108,19 +108,26 @@ class Prepared:
     method: str = "lora"
 
 
-def prepare(cfg: DictConfig) -> Prepared:
+def prepare(
+    cfg: DictConfig, data: TaskData | None = None, loaded: LoadedModel | None = None
+) -> Prepared:
     """Data, model, targets and rank for ``cfg`` (shared by the skip check and training).
 
     The method's defaults are filled into ``cfg`` first (:func:`lora_repro.config.resolve_method`:
-    ``train.lr``, and null LoRA-only keys for full fine-tuning).
+    ``train.lr``, and null LoRA-only keys for full fine-tuning). ``data`` and ``loaded``, when
+    given, are used instead of loading them (runs packed over one base model share them).
 
     Raises:
         ConfigError, DataError, ModelLoadError, TargetError, BudgetError, AdapterError: bad input.
     """
     resolve_method(cfg)
-    data: TaskData = load_task(cfg.task)
-    num_labels = len(data.label_names) if isinstance(data, ClassificationData) else None
-    loaded = load_model(cfg.model, num_labels=num_labels if cfg.model.kind == "seq_cls" else None)
+    if data is None:
+        data = load_task(cfg.task)
+    if loaded is None:
+        num_labels = len(data.label_names) if isinstance(data, ClassificationData) else None
+        loaded = load_model(
+            cfg.model, num_labels=num_labels if cfg.model.kind == "seq_cls" else None
+        )
     a = cfg.adapter
     custom = dict(a.target_modules) if a.target_modules else None
     targets = find_targets(loaded.model, list(a.targets), a.layers, custom)
@@ -262,6 +269,13 @@ def step(
         loss = batch_loss(t.model, next(batches)) / grad_accum
         t.scaler.scale(loss).backward()
         total += loss.item()
+    update(t, max_grad_norm)
+    return total
+
+
+def update(t: Trainee, max_grad_norm: float | None = None) -> None:
+    """Apply the accumulated gradients: clip (if ``max_grad_norm``), AdamW step, schedule step,
+    gradients cleared."""
     if max_grad_norm:
         t.scaler.unscale_(t.opt)
         torch.nn.utils.clip_grad_norm_(t.params, max_grad_norm)
@@ -269,7 +283,12 @@ def step(
     t.scaler.update()
     t.sched.step()
     t.opt.zero_grad(set_to_none=True)
-    return total
+
+
+def diverged(loss: float, step_: int, tc: Any, precision: str) -> TrainingDiverged:
+    """The error of a run whose loss became ``loss`` (NaN or infinite) at step ``step_``."""
+    hint = "" if precision == "fp32" else " or use train.precision=fp32"
+    return TrainingDiverged(f"loss is {loss} at step {step_}; lower train.lr (now {tc.lr}){hint}")
 
 
 @dataclass
@@ -303,10 +322,7 @@ def loop(
     for i in bar:
         loss = step(t, batch_loss, batches, tc.grad_accum, tc.max_grad_norm)
         if not math.isfinite(loss):
-            hint = "" if precision == "fp32" else " or use train.precision=fp32"
-            raise TrainingDiverged(
-                f"loss is {loss} at step {i + 1}; lower train.lr (now {tc.lr}){hint}"
-            )
+            raise diverged(loss, i + 1, tc, precision)
         bar.set_postfix(loss=f"{loss:.4f}")
         if (i + 1) % tc.eval_every == 0 or i + 1 == tc.max_steps:
             e0 = time.time()
@@ -338,6 +354,18 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     prep = prepare(cfg)
+    resolved, run_dir = resolve_run(cfg, prep)
+    done = lifecycle.claim(run_dir, resolved)
+    if done is not None:
+        return done
+    with lifecycle.recording(run_dir):
+        summary = _train(cfg, run_dir, prep, t_start)
+    log.info("finished: %s (val %s %.4f)", run_dir, summary["metric"], summary["val_metric"] or 0.0)
+    return summary
+
+
+def resolve_run(cfg: DictConfig, prep: Prepared) -> tuple[dict[str, Any], Path]:
+    """The resolved config a run records (r from the budget, if one is set) and its directory."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     r = prep.lora.r if prep.lora is not None else None
     resolved["adapter"]["r"] = r
@@ -349,14 +377,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
                 cfg.adapter.budget, prep.lora.r, ",".join(cfg.adapter.targets), cfg.adapter.r,
             )  # fmt: skip
     recorded(resolved)
-    run_dir = lifecycle.run_dir_for(resolved, r)
-    done = lifecycle.claim(run_dir, resolved)
-    if done is not None:
-        return done
-    with lifecycle.recording(run_dir):
-        summary = _train(cfg, run_dir, prep, t_start)
-    log.info("finished: %s (val %s %.4f)", run_dir, summary["metric"], summary["val_metric"] or 0.0)
-    return summary
+    return resolved, lifecycle.run_dir_for(resolved, r)
 
 
 def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch.nn.Parameter]:

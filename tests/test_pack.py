@@ -1,0 +1,268 @@
+"""Packed training (lora_repro.pack): K runs over one base pass equal the same runs trained alone.
+
+Fast: the packed layer and head on a tiny model against standalone LoRA layers, in float64;
+planning; recording several runs. Slow: K = 3 runs on the embedded default, packed vs alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from torch import nn
+
+from lora_repro import lifecycle, runs
+from lora_repro.lora import LoraConfig, inject_lora, lora_layers
+from lora_repro.models import head_modules, reset_head
+from lora_repro.pack import PackError, fit_pack, inject_pack, passes, plan
+from lora_repro.targets import find_targets
+from tests.helpers.configs import FAST, compose
+from tests.helpers.tiny_models import build, input_ids
+
+# Three runs of different ranks, scalings and weight types (run 2 adapts no Wq, run 1 no Wk).
+RUNS = [
+    LoraConfig(r=8, alpha=8, targets=("q", "v")),
+    LoraConfig(r=2, alpha=4, targets=("q", "k", "v", "o")),
+    LoraConfig(r=4, alpha=8, targets=("k",), layers=(1,)),
+]
+SEEDS = [0, 3, 7]
+
+
+def _standalone(base: nn.Module, cfg: LoraConfig, seed: int) -> nn.Module:
+    m = copy.deepcopy(base)
+    g = torch.Generator().manual_seed(seed)
+    inject_lora(m, cfg, g)
+    reset_head(head_modules(m), g)
+    m.classifier.requires_grad_(True)
+    return m.double()
+
+
+def test_packed_layer_equals_each_run_alone_in_float64():
+    base = build("bert", head="cls").double()
+    alone = [_standalone(base, c, s) for c, s in zip(RUNS, SEEDS, strict=True)]
+    packed_model = copy.deepcopy(base)
+    targets = [find_targets(packed_model, list(c.targets), c.layers) for c in RUNS]
+    packed = inject_pack(packed_model, RUNS, targets, SEEDS)
+    packed_model.double()
+    # the same A and head as a standalone run draws from the same seed_init; B made non-zero
+    g = torch.Generator().manual_seed(11)
+    for i, m in enumerate(alone):
+        mine = {t.key: f for t, f in packed.factors[i]}
+        for layer in lora_layers(m).values():
+            for name, f in layer.factors.items():
+                p = mine[layer.targets[name].key]
+                assert torch.equal(p.lora_A, f.lora_A)
+                with torch.no_grad():
+                    f.lora_B.copy_(torch.randn(f.lora_B.shape, generator=g, dtype=torch.float64))
+                    p.lora_B.copy_(f.lora_B)
+        assert torch.equal(packed.heads[i][0], m.classifier.weight)
+    assert sum(len(f) for f in packed.factors) == 2 * 2 + 4 * 2 + 1
+    ids = [input_ids(batch=n, seq=7, seed=i) for i, n in enumerate((2, 3, 1))]
+    packed.state.sizes = [2, 3, 1]
+    out = packed_model(input_ids=torch.cat(ids), attention_mask=torch.ones(6, 7)).logits
+    nn.functional.cross_entropy(out, torch.zeros(6, dtype=torch.long), reduction="sum").backward()
+    rows = [slice(0, 2), slice(2, 5), slice(5, 6)]
+    for i, m in enumerate(alone):
+        ref = m(input_ids=ids[i], attention_mask=torch.ones_like(ids[i])).logits
+        n = ids[i].shape[0]
+        nn.functional.cross_entropy(
+            ref, torch.zeros(n, dtype=torch.long), reduction="sum"
+        ).backward()
+        torch.testing.assert_close(out[rows[i]], ref, rtol=1e-12, atol=1e-13)
+        mine = {t.key: f for t, f in packed.factors[i]}
+        for layer in lora_layers(m).values():
+            for name, f in layer.factors.items():
+                p = mine[layer.targets[name].key]
+                torch.testing.assert_close(p.lora_A.grad, f.lora_A.grad, rtol=1e-11, atol=1e-14)
+                torch.testing.assert_close(p.lora_B.grad, f.lora_B.grad, rtol=1e-11, atol=1e-14)
+        torch.testing.assert_close(
+            packed.heads[i][0].grad, m.classifier.weight.grad, rtol=1e-11, atol=1e-14
+        )
+    # evaluation mode: one run's adapter and head on every row
+    packed.state.active = 1
+    with torch.no_grad():
+        got = packed_model(input_ids=ids[0], attention_mask=torch.ones_like(ids[0])).logits
+        want = alone[1](input_ids=ids[0], attention_mask=torch.ones_like(ids[0])).logits
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_packed_lora_dropout_draws_from_each_runs_own_generator():
+    base = build("bert", head="cls")
+    cfgs = [LoraConfig(r=2, alpha=2, targets=("q",), dropout=0.5)] * 2
+    outs = []
+    for seeds in ([0, 1], [0, 2]):
+        m = copy.deepcopy(base)
+        targets = [find_targets(m, ["q"], None) for _ in cfgs]
+        packed = inject_pack(m, cfgs, targets, [5, 5], seeds_dropout=seeds)
+        for _, f in packed.factors[0] + packed.factors[1]:
+            nn.init.ones_(f.lora_B)
+        m.train()
+        packed.state.sizes = [1, 1]
+        ids = input_ids(batch=1, seq=5).repeat(2, 1)
+        with torch.no_grad():
+            outs.append(m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+    # run 0 kept its stream (seed 0) and gives the same output; run 1's changed with its seed
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    assert not torch.allclose(outs[0][1], outs[1][1])
+
+
+def test_passes_share_a_base_pass_only_while_padding_stays_within_the_slack():
+    # 8 rows each: lengths 20, 21, 22 pad to 22 at 3 % extra tokens; 60 would cost 2.6x alone
+    shapes = {0: (8, 60), 1: (8, 21), 2: (8, 20), 3: (8, 22)}
+    assert passes(shapes, slack=0.1) == [[1, 2, 3], [0]]
+    assert passes(shapes, slack=10.0) == [[0, 1, 2, 3]]
+    assert passes(shapes, slack=0.0) == [[2], [1], [3], [0]]
+    assert passes({5: (4, 9)}) == [[5]]
+
+
+def test_plan_groups_by_base_pass_and_bounds_the_pack():
+    cfgs = [compose(*FAST, f"adapter.r={r}") for r in (1, 2, 4, 8, 64)]
+    cfgs.append(compose(*FAST, "train.batch_size=4"))
+    cfgs.append(compose(*FAST, "train.lr=1e-3", "seed=5"))  # per-run: packs with the others
+    packs = plan(cfgs, pack_size=4)
+    assert [len(p) for p in packs] == [4, 2, 1]
+    assert packs[2][0].train.batch_size == 4
+    per_run = 8 * int(cfgs[0].task.max_length)
+    assert [len(p) for p in plan(cfgs, 4, max_tokens=2 * per_run + 1)] == [2, 2, 2, 1]
+    with pytest.raises(PackError, match="raise it to at least"):
+        plan(cfgs, 4, max_tokens=per_run - 1)
+    with pytest.raises(PackError, match="without --pack"):
+        plan([compose(*FAST, "adapter.method=full")], 4)
+
+
+def test_recording_all_fails_one_run_and_a_crash_fails_the_rest(tmp_path: Path):
+    dirs = [tmp_path / f"run{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    with lifecycle.recording_all(dirs) as fail:
+        fail(dirs[1], "TrainingDiverged: loss is nan")
+    assert [runs.read_json(d / "status.json")["status"] for d in dirs] == [
+        "success",
+        "failed",
+        "success",
+    ]
+    with pytest.raises(RuntimeError), lifecycle.recording_all(dirs) as fail:
+        fail(dirs[0], "TrainingDiverged: loss is inf")
+        raise RuntimeError("killed")
+    status = [runs.read_json(d / "status.json") for d in dirs]
+    assert [s["status"] for s in status] == ["failed"] * 3
+    assert "inf" in status[0]["error"] and "killed" in status[2]["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: packed vs standalone on the embedded default
+# ---------------------------------------------------------------------------------------------
+# Measured on this suite's CPU (2-core AVX2 EPYC, fp32, 20 steps of batch 8): the same standalone
+# runs on 1 vs 2 torch threads (only the GEMM reduction order changes) differ by up to 7.7e-6
+# relative (Frobenius, per matrix) in A and B; packed vs standalone by at most 1.5e-6. The
+# tolerance is 1e-5: above the reduction-order baseline, far below a real difference (one step
+# more or another data order moves the adapters by > 1e-2).
+REL_TOL = 1e-5
+SLOW_RUNS = [
+    ["adapter.targets=[q,v]", "adapter.r=8"],
+    ["adapter.targets=[q,k,v,o]", "adapter.r=2", "adapter.alpha=4"],
+    ["adapter.targets=[k]", "adapter.r=4", "seed=1"],
+]
+
+
+@pytest.fixture
+def no_base_dropout(monkeypatch):
+    """MiniLM's attention and hidden dropout (0.1) off: the pack's base pass draws one dropout
+    stream for all runs, a standalone run its own, so only without it are the two comparable."""
+    from lora_repro import train
+
+    load = train.load_model
+
+    def load_without_dropout(*a, **k):
+        loaded = load(*a, **k)
+        for m in loaded.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+        return loaded
+
+    monkeypatch.setattr(train, "load_model", load_without_dropout)
+
+
+def _cfg(results: Path, overrides: list[str]):
+    return compose(
+        *FAST, "train.max_steps=20", "train.precision=fp32", f"paths.results={results}", *overrides
+    )
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_base_dropout")
+def test_three_packed_runs_equal_the_same_runs_trained_alone(tmp_path: Path):
+    from lora_repro.train import fit
+
+    for o in SLOW_RUNS:
+        fit(_cfg(tmp_path / "alone", o))
+    summaries = fit_pack([_cfg(tmp_path / "packed", o) for o in SLOW_RUNS])
+    assert all(s is not None for s in summaries)
+    alone = runs.find_runs(tmp_path / "alone")
+    assert len(alone) == 3
+    for d in alone:
+        p = tmp_path / "packed" / d.relative_to(tmp_path / "alone")
+        assert sorted(x.name for x in p.iterdir()) == sorted(x.name for x in d.iterdir())
+        a, b = (
+            runs.load_adapter(p / "adapter.safetensors"),
+            runs.load_adapter(d / "adapter.safetensors"),
+        )
+        assert sorted(a.A) == sorted(b.A) and a.r == b.r and a.targets == b.targets
+        for k in b.A:
+            assert _rel(a.A[k], b.A[k]) < REL_TOL and _rel(a.B[k], b.B[k]) < REL_TOL, k
+        init_a = load_file(p / runs.ADAPTER_INIT_FILE)
+        init_b = load_file(d / runs.ADAPTER_INIT_FILE)
+        assert all(np.array_equal(init_a[k], init_b[k]) for k in init_b)  # A drawn identically
+        sa, sb = runs.read_json(p / "summary.json"), runs.read_json(d / "summary.json")
+        assert sorted(sa) == sorted(sb)
+        for m in ("val_accuracy", "test_accuracy"):
+            assert sa[m] == sb[m]
+        for m in ("val_loss", "test_loss", "final_train_loss"):
+            assert sa[m] == pytest.approx(sb[m], rel=REL_TOL)
+        assert sa["n_lora_params"] == sb["n_lora_params"]
+        meta = runs.read_json(p / "meta.json")
+        others = sorted(str(x) for x in runs.find_runs(tmp_path / "packed") if x != p)
+        assert sorted(meta["packed_with"]) == others
+        assert lifecycle.identity(runs.read_config(p)) == lifecycle.identity(runs.read_config(d))
+    # a rerun trains nothing: every run is finished
+    again = fit_pack([_cfg(tmp_path / "packed", o) for o in SLOW_RUNS])
+    assert [s["val_loss"] for s in again] == [s["val_loss"] for s in summaries]
+
+
+@pytest.mark.slow
+def test_a_diverging_run_fails_alone_and_the_pack_goes_on(tmp_path: Path):
+    bad = ["train.lr=1e12", "train.warmup_steps=1", "seed=1"]
+    cfgs = [_cfg(tmp_path, ["train.max_steps=6", *o]) for o in ([], bad)]
+    ok, failed = fit_pack(cfgs)
+    assert failed is None and ok is not None and np.isfinite(ok["val_loss"])
+    states = {d.name: runs.read_json(d / "status.json") for d in runs.find_runs(tmp_path, False)}
+    assert states["seed0"]["status"] == "success"
+    assert states["seed1"]["status"] == "failed"
+    assert "TrainingDiverged" in states["seed1"]["error"]
+    assert "lower train.lr" in states["seed1"]["error"]
+
+
+def test_sweep_pack_expands_each_grid_with_the_command_line_overrides():
+    from experiments.packs import combinations
+
+    combos = combinations("table6", ["seed=0,1", "train.max_steps=5"])
+    assert len(combos) == 3 * 5 * 2  # targets × ranks × the command line's seeds
+    assert ["adapter.targets=[q,v]", "adapter.r=64", "seed=1", "train.max_steps=5"] in combos
+    assert all(c.count("train.max_steps=5") == 1 for c in combos)
+
+
+def test_sweep_pack_refuses_a_bad_pack_size_in_one_line(tmp_path, capsys):
+    from experiments.sweep import main
+
+    assert main(["--pack", "--pack-size", "0", f"paths.results={tmp_path}"]) == 2
+    assert "--pack-size" in capsys.readouterr().err
+    assert main(["--pack", "--launcher", "slurm", f"paths.results={tmp_path}"]) == 2
+    assert "--launcher local" in capsys.readouterr().err
