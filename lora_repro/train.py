@@ -51,8 +51,15 @@ from lora_repro.lora import (
     module_infos,
     save_adapter,
 )
-from lora_repro.models import LoadedModel, head_modules, load_model, reset_head
-from lora_repro.precision import Precision, cpu_info
+from lora_repro.memory import PeakMemory
+from lora_repro.models import (
+    LoadedModel,
+    head_modules,
+    load_model,
+    out_of_memory_error,
+    reset_head,
+)
+from lora_repro.precision import Precision, base_dtype, cpu_info, dtype_name
 from lora_repro.precision import resolve as resolve_precision
 from lora_repro.runs import canonical_targets
 from lora_repro.targets import Target, find_targets
@@ -98,6 +105,9 @@ class Prepared:
             for full fine-tuning.
         budget: the trainable-parameter budget (Table 5), ``None`` without one.
         method: ``lora`` or ``full`` (``adapter.method``).
+        device: where the run trains (``train.device``).
+        precision: the compute precision (``train.precision`` resolved for the device).
+        dtype: the frozen base's dtype (``model.dtype`` resolved).
     """
 
     data: TaskData
@@ -106,6 +116,9 @@ class Prepared:
     lora: LoraConfig | None
     budget: int | None
     method: str = "lora"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Precision | None = None
+    dtype: torch.dtype = torch.float32
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -114,19 +127,33 @@ def prepare(cfg: DictConfig) -> Prepared:
     The method's defaults are filled into ``cfg`` first (:func:`lora_repro.config.resolve_method`:
     ``train.lr``, and null LoRA-only keys for full fine-tuning).
 
+    The base model is loaded in ``model.dtype`` (resolved by
+    :func:`lora_repro.precision.base_dtype` against the run's precision) straight onto the
+    training device.
+
     Raises:
-        ConfigError, DataError, ModelLoadError, TargetError, BudgetError, AdapterError: bad input.
+        ConfigError, DataError, ModelLoadError, TargetError, BudgetError, AdapterError,
+        PrecisionError: bad input.
     """
     resolve_method(cfg)
+    device = device_for(cfg)
+    prec = resolve_precision(cfg.train.precision, device)
+    dtype = base_dtype(cfg.model.get("dtype", "auto"), prec, device, cfg.adapter.method)
     data: TaskData = load_task(cfg.task)
     num_labels = len(data.label_names) if isinstance(data, ClassificationData) else None
-    loaded = load_model(cfg.model, num_labels=num_labels if cfg.model.kind == "seq_cls" else None)
+    loaded = load_model(
+        cfg.model,
+        num_labels=num_labels if cfg.model.kind == "seq_cls" else None,
+        dtype=dtype,
+        device=device,
+    )
+    placed = {"device": device, "precision": prec, "dtype": dtype}
     a = cfg.adapter
     custom = dict(a.target_modules) if a.target_modules else None
     targets = find_targets(loaded.model, list(a.targets), a.layers, custom)
     if a.method == "full":
         full.check_targets(targets, cfg.model.name)
-        return Prepared(data, loaded, targets, None, None, "full")
+        return Prepared(data, loaded, targets, None, None, "full", **placed)
     budget, r = resolve_budget(
         a.budget,
         [(t.d, t.k) for t in targets],
@@ -142,7 +169,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         layers=list(a.layers) if a.layers else None,
         target_modules=custom,
     )
-    return Prepared(data, loaded, targets, lora, budget)
+    return Prepared(data, loaded, targets, lora, budget, **placed)
 
 
 def device_for(cfg: Any) -> torch.device:
@@ -337,6 +364,16 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     _canonicalize(cfg)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
+    import transformers  # noqa: F401  (the library's own memory is not the run's)
+
+    memory = PeakMemory(device_for(cfg)).start()  # before the model is loaded or copied
+    try:
+        return _fit(cfg, t_start, memory)
+    finally:
+        memory.stop()
+
+
+def _fit(cfg: DictConfig, t_start: float, memory: PeakMemory) -> dict[str, Any]:
     prep = prepare(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     r = prep.lora.r if prep.lora is not None else None
@@ -354,7 +391,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     if done is not None:
         return done
     with lifecycle.recording(run_dir):
-        summary = _train(cfg, run_dir, prep, t_start)
+        summary = _train(cfg, run_dir, prep, t_start, memory)
     log.info("finished: %s (val %s %.4f)", run_dir, summary["metric"], summary["val_metric"] or 0.0)
     return summary
 
@@ -372,6 +409,8 @@ def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch
     else:
         inject_lora(model, prep.lora, g_init, prep.targets)
     head = head_modules(model)
+    for m in head.values():
+        m.float()  # trained: float32 masters whatever the base's dtype
     reset_head(head, g_init)
     head_params = [p for m in head.values() for p in m.parameters()]
     for p in head_params:
@@ -379,20 +418,30 @@ def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch
     return head_params
 
 
-def _save_base_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
+def _save_base_weights(cfg: DictConfig, model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Pretrained W for the analysis (Table 7): once per model, all four types (those of a
-    custom adapter.target_modules map)."""
+    custom adapter.target_modules map), upcast to float32 with the loaded dtype in the header."""
     path = runs.base_weights_path(cfg.paths.results, cfg.model.name)
     if not cfg.train.save_base_weights or path.exists():
         return
     custom = dict(cfg.adapter.target_modules) if cfg.adapter.target_modules else None
     types = [t for t in runs.WEIGHT_TYPES if custom is None or t in custom]
     found = find_targets(model, types, None, custom)
-    runs.save_base_weights(path, base_weights(model, found), module_infos(found), cfg.model.id)
+    runs.save_base_weights(
+        path, base_weights(model, found), module_infos(found), cfg.model.id, dtype_name(dtype)
+    )
 
 
 def _meta(cfg, prep: Prepared, device: torch.device, prec: Precision, t_start: float) -> dict:
     """meta.json: provenance (git, packages, model and data identity), seeds, hardware, precision."""
+    return {
+        **_provenance(cfg, prep, device, prec, t_start),
+        "base_dtype": dtype_name(prep.dtype),
+        "gradient_checkpointing": bool(cfg.train.get("gradient_checkpointing", False)),
+    }
+
+
+def _provenance(cfg, prep: Prepared, device, prec: Precision, t_start: float) -> dict:
     seed_init, seed_data = lifecycle.seeds_of(cfg)
     cpu = cpu_info()
     return {
@@ -413,13 +462,35 @@ def _meta(cfg, prep: Prepared, device: torch.device, prec: Precision, t_start: f
     }
 
 
-def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> dict[str, Any]:
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing through transformers' own switch, non-reentrant.
+
+    With ``use_reentrant=False`` the recomputed blocks need no input that requires grad, so
+    frozen embeddings need no ``enable_input_require_grads`` hook; the KV cache is turned off
+    (it is useless in training and transformers refuses it with checkpointing).
+
+    Raises:
+        ConfigError: a model without transformers' checkpointing support.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"{type(model).__name__} does not support gradient checkpointing; "
+            "set train.gradient_checkpointing=false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float, memory: PeakMemory
+) -> dict[str, Any]:
     tc = cfg.train
     seed_init, seed_data = lifecycle.seeds_of(cfg)
-    device = device_for(cfg)
+    device = prep.device
     torch.use_deterministic_algorithms(bool(tc.deterministic), warn_only=True)
     model, tok = prep.loaded.model, prep.loaded.tokenizer
-    _save_base_weights(cfg, model)
+    _save_base_weights(cfg, model, prep.dtype)
 
     W0 = base_weights(model, prep.targets) if prep.method == "full" else None
     head_params = attach(model, prep, seed_init)
@@ -435,9 +506,11 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
             {"format": runs.ADAPTER_FORMAT + "-init"},
         )
     model.to(device)
+    if tc.get("gradient_checkpointing", False):
+        enable_checkpointing(model)
 
-    prec = resolve_precision(tc.precision, device)
-    log.info("precision: %s (%s)", prec.name, prec.reason)
+    prec = prep.precision
+    log.info("precision: %s (%s), base %s", prec.name, prec.reason, dtype_name(prep.dtype))
     track = make_track(cfg, prep.data, tok, device, prec.name)
     meta = _meta(cfg, prep, device, prec, t_start)
     runs.atomic_write_json(run_dir / runs.META_FILE, meta)
@@ -452,9 +525,13 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
     g_data = torch.Generator().manual_seed(seed_data)
     torch.manual_seed(seed_data)  # dropout inside the model
 
+    trained_tokens = [0]  # non-pad tokens of the training batches drawn
+
     def batches() -> Iterator[list[int]]:
         while True:
-            yield from length_grouped_batches(track.lengths, tc.batch_size, g_data)
+            for b in length_grouped_batches(track.lengths, tc.batch_size, g_data):
+                trained_tokens[0] += sum(track.lengths[i] for i in b)
+                yield b
 
     def on_eval(step_: int, train_loss: float, lr: float) -> None:
         ev, preds = track.evaluate(model, "validation")
@@ -466,7 +543,10 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
             _write_predictions(run_dir, "validation", prep.data, preds)
 
     setup_s = time.time() - t_start
-    result = loop(trainee, track.batch_loss, batches(), tc, on_eval, prec.name)
+    try:
+        result = loop(trainee, track.batch_loss, batches(), tc, on_eval, prec.name)
+    except torch.OutOfMemoryError as e:
+        raise out_of_memory_error(cfg.model.name, "training", device) from e
     test, eval_s = None, result.eval_s
     if "test" in track.splits:
         t0 = time.time()
@@ -490,9 +570,13 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
         "train_time_s": result.train_s,
         "eval_time_s": eval_s,
         "steps_per_s": tc.max_steps / result.train_s if result.train_s > 0 else None,
+        "tokens_per_s": trained_tokens[0] / result.train_s if result.train_s > 0 else None,
     }
     counts = {"n_trained_params": sum(p.numel() for p in trained)}
     counts["n_head_params"] = sum(p.numel() for p in head_params)
+    times["train_tokens"] = trained_tokens[0]
+    times["base_dtype"] = dtype_name(prep.dtype)
+    times.update(memory.stop())
     summary = _summary(cfg, prep, track, val[-1], test, result.last_loss, counts, prec, times)
     runs.atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
     meta["ended"] = t_end
