@@ -486,6 +486,7 @@ def test_errors_are_one_line(tmp_path, capsys, tiny_run):
     # a base model of another shape
     other = tmp_path / "other"
     import transformers
+
     from tests.helpers.tiny_models import config
 
     cfg = config("bert")
