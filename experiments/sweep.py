@@ -208,7 +208,7 @@ def plan(names: list[str], overrides: list[str]) -> list[dict]:
                     arch, list(a.targets), a.r, a.budget, cfg.train.batch_size,
                     cfg.task.max_length, dtype_name(dtype), prec.name, a.method,
                     list(a.layers) if a.layers is not None else None, head,
-                    bool(cfg.train.gradient_checkpointing),
+                    bool(cfg.train.gradient_checkpointing), cfg.model.attn_implementation,
                 )  # fmt: skip
                 resolved = OmegaConf.to_container(cfg, resolve=True)
                 resolved["adapter"]["r"] = est.r

@@ -19,7 +19,8 @@ The estimate (bytes) is the sum of four parts:
   W's input is not kept, since no weight gradient needs it): the adapted matrices' input, Q, K,
   V, the two layer norms' inputs and the MLP's activation input (6·h + g·f), a dropout mask
   (m·h), and the attention probabilities, their copy for the product with V and their dropout
-  mask ((2 + m)·a·L). This is below Korthikanti et al. (2022, eq. 2), who count a trained W's
+  mask ((2 + m)·a·L; 0 with a fused attention, ``model.attn_implementation`` other than
+  ``eager``, which keeps only a per-row log-sum-exp). This is below Korthikanti et al. (2022, eq. 2), who count a trained W's
   inputs too. A causal LM adds its logits and their float32 log-softmax, ``b·L·V·(e + 4)``.
   With ``train.gradient_checkpointing`` only each block's input is kept, ``n_layers·b·L·h·e``,
   plus one block's activations while it is recomputed. To these the backward pass adds its
@@ -161,13 +162,19 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def activation_bytes(
-    arch: Arch, batch: int, length: int, compute: str, checkpointing: bool = False
+    arch: Arch,
+    batch: int,
+    length: int,
+    compute: str,
+    checkpointing: bool = False,
+    attention: str = "eager",
 ) -> float:
     """Saved activations of one training step (bytes; formula in the module docstring)."""
     e, m = BYTES[compute], (1 if arch.dropout else 0)  # masks: float on a CPU, bool on CUDA
     h, f, a = arch.d_model, arch.intermediate, arch.heads
     g = 3 if arch.gated_mlp else 1
-    per_token = (6 * h + g * f + m * h) * e + (2 + m) * a * length * e
+    probs = (2 + m) * a * length * e if attention == "eager" else 0
+    per_token = (6 * h + g * f + m * h) * e + probs
     tokens = batch * length
     blocks = arch.layers * tokens * per_token
     if checkpointing:
@@ -190,6 +197,7 @@ def estimate(
     layers: list[int] | None = None,
     head_params: int = 0,
     checkpointing: bool = False,
+    attention: str = "eager",
 ) -> Estimate:
     """The planned peak memory of one run.
 
@@ -203,6 +211,8 @@ def estimate(
             ``train.precision``.
         method: ``lora`` or ``full``. layers: adapted blocks (None: all).
         head_params: parameters of a freshly trained head.
+        checkpointing: ``train.gradient_checkpointing``. attention:
+            ``model.attn_implementation``.
 
     Raises:
         BudgetError: a budget too small for rank 1.
@@ -221,7 +231,7 @@ def estimate(
     base = arch.params * BYTES[base_dtype]
     if compute != "fp32" and base_dtype == "fp32":
         base += 2 * arch.layers * (4 * arch.d_model**2 + 2 * arch.d_model * arch.intermediate)
-    acts = activation_bytes(arch, batch, length, compute, checkpointing)
+    acts = activation_bytes(arch, batch, length, compute, checkpointing, attention)
     return Estimate(
         base_mb=base / MIB,
         adapters_mb=8 * trained / MIB,

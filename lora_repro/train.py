@@ -465,9 +465,10 @@ def _provenance(cfg, prep: Prepared, device, prec: Precision, t_start: float) ->
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Activation checkpointing through transformers' own switch, non-reentrant.
 
-    With ``use_reentrant=False`` the recomputed blocks need no input that requires grad, so
-    frozen embeddings need no ``enable_input_require_grads`` hook; the KV cache is turned off
-    (it is useless in training and transformers refuses it with checkpointing).
+    ``activation_checkpointing_enable`` (transformers ≥ 5.x; ``gradient_checkpointing_enable``
+    before) with ``use_reentrant=False``: the recomputed blocks need no input that requires
+    grad, so frozen embeddings need no ``enable_input_require_grads`` hook. The KV cache is
+    turned off (useless in training, and transformers refuses it with checkpointing).
 
     Raises:
         ConfigError: a model without transformers' checkpointing support.
@@ -477,7 +478,11 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
             f"{type(model).__name__} does not support gradient checkpointing; "
             "set train.gradient_checkpointing=false"
         )
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False
 
