@@ -195,8 +195,7 @@ def plan(names: list[str], overrides: list[str]) -> list[dict]:
                 validate(cfg)
                 _canonicalize(cfg)
                 resolve_method(cfg)
-                device = device_for(cfg)
-                prec = resolve_precision(cfg.train.precision, device)
+                device, prec = _planned_device(cfg, device_for, resolve_precision)
                 dtype = base_dtype(cfg.model.dtype, prec, device, cfg.adapter.method)
                 labels = len(cfg.task.label_names) or 2
                 key = (cfg.model.name, cfg.model.kind, labels)
@@ -224,6 +223,20 @@ def plan(names: list[str], overrides: list[str]) -> list[dict]:
                              "precision": prec.name, "base_dtype": dtype_name(dtype),
                              **est.record()})  # fmt: skip
     return rows
+
+
+def _planned_device(cfg, device_for, resolve_precision):
+    """The device and precision a run would get; ``train.device=cuda`` is planned as a CUDA
+    device with native bf16 even where this machine has none (a login node)."""
+    import torch
+
+    from lora_repro.precision import Precision
+
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        name = "bf16" if cfg.train.precision == "auto" else cfg.train.precision
+        return torch.device("cuda"), Precision(name, cfg.train.precision, "planned for CUDA")
+    device = device_for(cfg)
+    return device, resolve_precision(cfg.train.precision, device)
 
 
 def render_plan(rows: list[dict]) -> str:

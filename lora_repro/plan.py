@@ -267,7 +267,8 @@ def arch_for(model_cfg: Any, num_labels: int = 2) -> tuple[Arch, int]:
     except (ModelLoadError, OSError, ValueError) as e:
         raise PlanError(
             f"model {model_cfg.name!r} has no model.arch and its config cannot be read here "
-            f"({e}); write model.arch {{{', '.join(ARCH_KEYS)}}} in conf/model/{model_cfg.name}.yaml"
+            f"({str(e).splitlines()[0]}); write model.arch {{{', '.join(ARCH_KEYS)}}} in "
+            f"conf/model/{model_cfg.name}.yaml or give it as an override, model.arch='{{layers: ...}}'"
         ) from None
     if not causal:
         config.num_labels = num_labels
