@@ -145,7 +145,9 @@ def load_model(
         try:
             return _load_uncached(model_cfg, num_labels, dtype, device)
         except torch.OutOfMemoryError as e:
-            raise out_of_memory_error(model_cfg.name, "loading", device) from e
+            arch = model_cfg.get("arch") or {}
+            base = arch.get("params", 0) * torch.finfo(dtype).bits / 8 / 2**20
+            raise out_of_memory_error(model_cfg.name, "loading", device, base or None) from e
     key = (
         model_cfg.name,
         model_cfg.source,
@@ -299,14 +301,18 @@ def model_config(model_cfg: Any) -> Any:
     return transformers.AutoConfig.from_pretrained(location, **kwargs)
 
 
-def out_of_memory_error(name: str, phase: str, device: torch.device) -> ModelLoadError:
-    """The one-line error for a model that does not fit on ``device`` while ``phase``."""
+def out_of_memory_error(
+    name: str, phase: str, device: torch.device, needed_mb: float | None = None
+) -> ModelLoadError:
+    """The one-line error for a model that does not fit on ``device`` while ``phase``
+    (``loading``, ``training``); ``needed_mb`` is the planned peak (MiB) where it is known."""
     have = ""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         have = f" ({free / 2**20:,.0f} of {total / 2**20:,.0f} MiB free)"
+    need = f"; it needs about {needed_mb:,.0f} MiB (lora_repro.plan)" if needed_mb else ""
     return ModelLoadError(
-        f"model {name!r} ran out of memory on {device}{have} while {phase}; "
+        f"model {name!r} ran out of memory on {device}{have} while {phase}{need}; "
         "`python -m experiments.sweep --plan` estimates what a run needs. Options: model.dtype=bf16 "
         "(a bf16 base, with train.precision=bf16), train.gradient_checkpointing=true, or a smaller "
         "train.batch_size with a larger train.grad_accum"

@@ -487,6 +487,27 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
         model.config.use_cache = False
 
 
+def planned_peak_mb(cfg: DictConfig, prep: Prepared, model: torch.nn.Module) -> float | None:
+    """The planned peak memory (MiB) of this run (:func:`lora_repro.plan.estimate`) from the
+    loaded model's config; ``None`` where the config lacks the numbers."""
+    from lora_repro import plan
+
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    head = sum(p.numel() for m in head_modules(model).values() for p in m.parameters())
+    try:
+        arch = plan.arch_of_config(model.config, frozen, cfg.model.kind == "causal_lm")
+        a = cfg.adapter
+        est = plan.estimate(
+            arch, list(a.targets), prep.lora.r if prep.lora else None, None,
+            cfg.train.batch_size, cfg.task.max_length, dtype_name(prep.dtype),
+            prep.precision.name, prep.method, list(a.layers) if a.layers else None, head,
+            bool(cfg.train.get("gradient_checkpointing", False)), cfg.model.attn_implementation,
+        )  # fmt: skip
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+    return est.total_mb
+
+
 def _train(
     cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float, memory: PeakMemory
 ) -> dict[str, Any]:
@@ -551,7 +572,8 @@ def _train(
     try:
         result = loop(trainee, track.batch_loss, batches(), tc, on_eval, prec.name)
     except torch.OutOfMemoryError as e:
-        raise out_of_memory_error(cfg.model.name, "training", device) from e
+        needed = planned_peak_mb(cfg, prep, model)
+        raise out_of_memory_error(cfg.model.name, "training", device, needed) from e
     test, eval_s = None, result.eval_s
     if "test" in track.splits:
         t0 = time.time()

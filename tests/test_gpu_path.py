@@ -245,3 +245,21 @@ def test_a_bf16_base_run_records_dtype_memory_and_speed(tmp_path):
     index = build_index(results)
     assert {"peak_mem_mb", "tokens_per_s", "base_dtype"} <= set(index.columns)
     assert index["peak_mem_mb"].iloc[0] == pytest.approx(summary["peak_mem_mb"])
+
+
+def test_out_of_memory_is_one_line_with_the_need_and_the_options():
+    from lora_repro.models import ModelLoadError, out_of_memory_error
+    from lora_repro.plan import arch_for, estimate
+    from lora_repro.train import attach, planned_peak_mb, prepare
+
+    err = out_of_memory_error("minilm", "training", CPU, 1234.4)
+    msg = str(err)
+    assert isinstance(err, ModelLoadError) and "\n" not in msg and "about 1,234 MiB" in msg
+    for option in ("model.dtype=bf16", "train.gradient_checkpointing=true", "train.grad_accum"):
+        assert option in msg
+    cfg = compose()
+    prep = prepare(cfg)
+    attach(prep.loaded.model, prep, 0)
+    arch, head = arch_for(cfg.model)
+    planned = estimate(arch, ["q", "v"], 8, None, 32, 64, head_params=head).total_mb
+    assert planned_peak_mb(cfg, prep, prep.loaded.model) == pytest.approx(planned)
