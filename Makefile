@@ -13,6 +13,7 @@ STAMP := $(VENV)/.setup-done
 SWEEP ?= paper
 LAUNCHER ?= local
 RESULTS ?= results
+PLAN ?=
 MODEL ?=
 TASK ?=
 ARGS ?=
@@ -51,9 +52,10 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 # Section 7's grids (conf/sweep/), finished runs skipped, then the index and Tables 5 and 6.
+# PLAN=1: list the runs, their ranks and planned memory, and which are finished; trains nothing.
 sweep: setup
 	$(BIN)/python -m experiments.sweep --sweep $(SWEEP) --launcher $(LAUNCHER) \
-		$(if $(PACK),--pack --pack-size $(PACK_SIZE)) paths.results=$(RESULTS) $(if $(MODEL),model=$(MODEL)) $(if $(TASK),task=$(TASK)) $(ARGS)
+		$(if $(PACK),--pack --pack-size $(PACK_SIZE)) $(if $(PLAN),--plan) paths.results=$(RESULTS) $(if $(MODEL),model=$(MODEL)) $(if $(TASK),task=$(TASK)) $(ARGS)
 
 collect: setup
 	$(BIN)/python -m analysis.index --results $(RESULTS)

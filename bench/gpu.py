@@ -1,6 +1,13 @@
-"""Benchmark 4: bf16 LoRA training throughput on a GPU and its share of peak.
+"""Benchmark 4: bf16 LoRA training throughput and memory on a GPU, and its share of peak.
 
     python -m bench.gpu --results results [--models minilm,smollm2 --batch-sizes 32,256]
+        [--base-dtype bf16|fp32|both] [--checkpointing off|on|both]
+
+Each (model, batch size, base dtype, checkpointing) is one row: steps/s, tokens/s, peak
+allocated and reserved memory, and the planner's estimate of the peak
+(:func:`lora_repro.plan.estimate`, the same numbers ``python -m experiments.sweep --plan``
+prints) beside the measured one. The defaults run a bf16 base (``model.dtype=bf16``) with and
+without activation checkpointing.
 
 Runs only when ``torch.cuda.is_available()``; otherwise it prints that it was not run and writes
 ``{"ran": false}``. For each model (the embedded MiniLM-L6 with a classification head, and
@@ -141,21 +148,36 @@ def measured_peak(device: Any, n: int = 8192, reps: int = 10) -> float:
 
 
 def bench_model(
-    name: str, batch_size: int, args: argparse.Namespace, device: Any
+    name: str,
+    batch_size: int,
+    args: argparse.Namespace,
+    device: Any,
+    base_dtype: str = "fp32",
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
-    """Train ``args.steps`` LoRA steps of model ``name`` and measure throughput."""
+    """Train ``args.steps`` LoRA steps of model ``name`` and measure throughput and memory.
+
+    The planned peak is computed at the longest padded batch (``planned_length``); the measured
+    peak counts from before the model is loaded (CUDA only).
+    """
     import torch
 
     from bench.train_step import Variant, make_batches, train_step
     from lora_repro.lora import LoraConfig, count_lora_parameters, inject_lora, lora_parameters
     from lora_repro.models import head_modules, load_model, reset_head
+    from lora_repro.plan import arch_for, estimate
     from lora_repro.targets import num_layers
+    from lora_repro.train import enable_checkpointing
 
     cfg = model_cfg(name)
     n_batches = args.steps + args.warmup
     batches, num_labels = make_batches(n_batches, batch_size, args.max_length, 0, model=cfg)
     batches = [tuple(t.to(device) for t in b) for b in batches]
-    m = load_model(cfg, num_labels=num_labels).model
+    dtype = torch.bfloat16 if base_dtype == "bf16" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    m = load_model(cfg, num_labels=num_labels, dtype=dtype, device=device).model
     gen = torch.Generator().manual_seed(0)
     full = args.variant == "full"
     if full:
@@ -164,6 +186,8 @@ def bench_model(
     else:
         inject_lora(m, LoraConfig(r=args.r, alpha=args.r, targets=("q", "v")), gen)
         head = head_modules(m)
+        for h in head.values():
+            h.float()  # trained: float32 masters, as in train.py
         reset_head(head, gen)
         head_params = [p for h in head.values() for p in h.parameters()]
         for p in head_params:
@@ -171,6 +195,8 @@ def bench_model(
         params = lora_parameters(m) + head_params
         lora_p = count_lora_parameters(m)
     m.to(device).train()
+    if checkpointing:
+        enable_checkpointing(m)
     opt = torch.optim.AdamW(params, lr=1e-4 if full else 2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     v = Variant(name, m, opt, sched, sum(p.numel() for p in params))
@@ -185,12 +211,12 @@ def bench_model(
         sched.step()
         opt.zero_grad(set_to_none=True)
 
-    step = run if device.type == "cuda" else (lambda b: train_step(v, b))
+    cpu_precision = "bf16" if base_dtype == "bf16" else "fp32"  # a bf16 base needs autocast
+    step = run if device.type == "cuda" else (lambda b: train_step(v, b, cpu_precision))
     for b in batches[: args.warmup]:
         step(b)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for b in batches[args.warmup :]:
         step(b)
@@ -220,8 +246,17 @@ def bench_model(
     )
     steps_per_s = len(timed) / wall
     tokens = sum(int(b[0].numel()) for b in timed)
+    arch, head_p = arch_for(cfg, num_labels)
+    longest = max(int(b[0].shape[1]) for b in batches)
+    planned = estimate(
+        arch, ["q", "v"], args.r, None, batch_size, longest, base_dtype, "bf16",
+        args.variant, None, head_p, checkpointing, cfg.attn_implementation,
+    )  # fmt: skip
+    cuda = device.type == "cuda"
     return {
         "model": name,
+        "base_dtype": base_dtype,
+        "gradient_checkpointing": checkpointing,
         "variant": args.variant,
         "batch_size": batch_size,
         "steps": len(timed),
@@ -233,9 +268,10 @@ def bench_model(
         "linear_params_in_blocks": linear_block_params(m),
         "lora_params": lora_p,
         "n_layers": n_layers,
-        "peak_mem_gib": (
-            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        ),
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "peak_mem_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
+        "planned_peak_gib": planned.total_mb / 1024,
+        "planned_length": longest,
     }
 
 
@@ -248,6 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--variant", choices=("lora", "full"), default="lora")
+    p.add_argument("--base-dtype", choices=("bf16", "fp32", "both"), default="bf16")
+    p.add_argument("--checkpointing", choices=("off", "on", "both"), default="both")
     p.add_argument(
         "--peak-tflops",
         type=float,
@@ -286,13 +324,22 @@ def main(argv: list[str] | None = None) -> int:
     peak = args.peak_tflops or (peak_tflops(gpu_name) if gpu_name else None)
     practical = measured_peak(device) if device.type == "cuda" else None
     rows = []
+    dtypes = ["bf16", "fp32"] if args.base_dtype == "both" else [args.base_dtype]
+    if args.variant == "full":
+        dtypes = ["fp32"]  # full fine-tuning keeps W in float32
+    ckpts = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for bs in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
-            r = bench_model(name, bs, args, device)
-            r["mfu_datasheet"] = r["achieved_tflops"] / peak if peak else None
-            r["mfu_measured_peak"] = r["achieved_tflops"] / practical if practical else None
-            rows.append(r)
-            print(f"{name} b={bs}: {r['steps_per_s']:.2f} steps/s", flush=True)
+            for dt in dtypes:
+                for ck in ckpts:
+                    r = bench_model(name, bs, args, device, dt, ck)
+                    r["mfu_datasheet"] = r["achieved_tflops"] / peak if peak else None
+                    r["mfu_measured_peak"] = r["achieved_tflops"] / practical if practical else None
+                    rows.append(r)
+                    print(
+                        f"{name} b={bs} base {dt} ckpt {ck}: {r['steps_per_s']:.2f} steps/s",
+                        flush=True,
+                    )
     payload = {
         "bench": NAME,
         "machine": info,
@@ -306,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_length": args.max_length,
             "steps": args.steps,
             "warmup": args.warmup,
-            "precision": "bf16 autocast, float32 weights (train.py)",
+            "precision": "bf16 autocast; base in base_dtype, LoRA and head float32 (train.py)",
             "flops_rule": "LoRA: 4·N·T + 12·n_layers·b·L²·h + 6·P·T; "
             "full: 6·N·T + 12·n_layers·b·L²·h",
         },
@@ -325,6 +372,8 @@ def render(payload: dict[str, Any]) -> str:
     rows = [
         [
             r["model"],
+            r["base_dtype"],
+            "on" if r["gradient_checkpointing"] else "off",
             r["batch_size"],
             r["mean_padded_length"],
             r["steps_per_s"],
@@ -333,6 +382,7 @@ def render(payload: dict[str, Any]) -> str:
             r["mfu_datasheet"],
             r["mfu_measured_peak"],
             r["peak_mem_gib"],
+            r["planned_peak_gib"],
         ]
         for r in payload["results"]
     ]
@@ -348,6 +398,8 @@ def render(payload: dict[str, Any]) -> str:
             common.table(
                 [
                     "model",
+                    "base",
+                    "ckpt",
                     "batch",
                     "mean L",
                     "steps/s",
@@ -356,6 +408,7 @@ def render(payload: dict[str, Any]) -> str:
                     "MFU (sheet)",
                     "MFU (measured)",
                     "peak GiB",
+                    "planned GiB",
                 ],
                 rows,
             ),

@@ -27,7 +27,9 @@ def _key(override: str) -> str:
 
 
 def combinations(grid: str, overrides: list[str]) -> list[list[str]]:
-    """The override lists of every run of ``grid`` under the command-line ``overrides``.
+    """The override lists of every run of ``grid`` under the command-line ``overrides``, as Hydra's
+    basic sweeper expands them (a command-line value replaces the grid's value of the same key;
+    ``seed=0,1,2`` sweeps; Hydra's own keys are left out).
 
     Raises:
         hydra.errors.OverrideParseException: an override Hydra cannot parse.
@@ -37,8 +39,9 @@ def combinations(grid: str, overrides: list[str]) -> list[list[str]]:
 
     spec = yaml.safe_load((CONF / "sweep" / f"{grid}.yaml").read_text(encoding="utf-8"))
     params = (spec.get("hydra") or {}).get("sweeper", {}).get("params", {}) or {}
-    given = {_key(o) for o in overrides}
-    merged = [f"{k}={v}" for k, v in params.items() if k not in given] + list(overrides)
+    runs_only = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]  # launcher keys
+    given = {_key(o) for o in runs_only}
+    merged = [f"{k}={v}" for k, v in params.items() if k not in given] + runs_only
     parsed = OverridesParser.create().parse_overrides(merged)
     (batch,) = BasicSweeper.split_arguments(parsed, None)
     return [list(c) for c in batch]

@@ -9,6 +9,12 @@ trains nothing and a killed sweep resumes where it stopped. ``--launcher`` is a 
 ``conf/hydra/launcher/`` (local, parallel, slurm) or hydra-submitit-launcher's own
 ``submitit_local``: the run code never knows it.
 
+``--plan`` trains nothing: it lists every run the sweep would launch (the grids' values, seeds and
+other sweeps from the overrides, Table 5's ranks resolved from the budget) with its rank,
+trainable parameters and planned peak memory (:mod:`lora_repro.plan`: base, adapters, optimizer
+state, activations at the configured batch and length), marks the runs already finished (they
+would be skipped), and prints the total.
+
 Exit status: 0 when every run of the grid finished, 1 when some failed (they are listed), 2 on a
 bad argument.
 """
@@ -81,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="at most this many padded tokens per step: K × train.batch_size × task.max_length",
     )
+    p.add_argument(
+        "--plan", action="store_true", help="list the runs, their ranks and memory; train nothing"
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=minilm seed=0,1,2")
     args = p.parse_args(argv)
     if args.launcher not in launchers():
@@ -90,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         known = ["paper", *sorted(q.stem for q in (CONF / "sweep").glob("*.yaml"))]
         return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}")
     given = results_dir(args.overrides)
+    if args.plan:
+        from lora_repro.errors import LoraReproError
+
+        try:
+            print(render_plan(plan(names, args.overrides)))
+        except LoraReproError as e:
+            return _bad(str(e))
+        return 0
     problem = runs.results_write_problem(given)
     if problem:
         return _bad(problem)
@@ -181,6 +198,98 @@ def _packed(names: list[str], args: argparse.Namespace, failure_log: Path) -> li
     for f in failures:
         runs.append_jsonl(failure_log, {"overrides": [f["run"]], "error": f["error"]})
     return []
+
+
+def plan(names: list[str], overrides: list[str]) -> list[dict]:
+    """One row per distinct run of the grids ``names``: run folder, rank, trainable parameters,
+    planned memory (MiB, :func:`lora_repro.plan.estimate`) and whether it is finished.
+
+    Raises:
+        LoraReproError: a bad config, or a model without architecture numbers.
+    """
+    from hydra import compose, initialize_config_dir
+
+    import experiments.train  # noqa: F401  (registers the structured-config schema)
+    from experiments.packs import combinations
+    from lora_repro import lifecycle
+    from lora_repro import plan as planner
+    from lora_repro.config import recorded, resolve_method, validate
+    from lora_repro.precision import base_dtype, dtype_name
+    from lora_repro.precision import resolve as resolve_precision
+    from lora_repro.train import _canonicalize, device_for
+
+    rows, seen, archs = [], set(), {}
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in names:
+            for job in combinations(name, overrides):
+                cfg = compose(config_name="train", overrides=[f"+sweep={name}", *job])
+                validate(cfg)
+                _canonicalize(cfg)
+                resolve_method(cfg)
+                device, prec = _planned_device(cfg, device_for, resolve_precision)
+                dtype = base_dtype(cfg.model.dtype, prec, device, cfg.adapter.method)
+                labels = len(cfg.task.label_names) or 2
+                key = (cfg.model.name, cfg.model.kind, labels)
+                if key not in archs:
+                    archs[key] = planner.arch_for(cfg.model, labels)
+                arch, head = archs[key]
+                a = cfg.adapter
+                est = planner.estimate(
+                    arch, list(a.targets), a.r, a.budget, cfg.train.batch_size,
+                    cfg.task.max_length, dtype_name(dtype), prec.name, a.method,
+                    list(a.layers) if a.layers is not None else None, head,
+                    bool(cfg.train.gradient_checkpointing), cfg.model.attn_implementation,
+                )  # fmt: skip
+                resolved = OmegaConf.to_container(cfg, resolve=True)
+                resolved["adapter"]["r"] = est.r
+                recorded(resolved)
+                run_dir = lifecycle.run_dir_for(resolved, est.r)
+                if run_dir in seen:
+                    continue  # two grids share the run: it is trained once
+                seen.add(run_dir)
+                done = runs.run_status(run_dir) == "success" and not lifecycle.diff(
+                    lifecycle.identity(runs.read_config(run_dir)), lifecycle.identity(resolved)
+                )
+                rows.append({"grid": name, "run": str(run_dir), "finished": done,
+                             "precision": prec.name, "base_dtype": dtype_name(dtype),
+                             **est.record()})  # fmt: skip
+    return rows
+
+
+def _planned_device(cfg, device_for, resolve_precision):
+    """The device and precision a run would get; ``train.device=cuda`` is planned as a CUDA
+    device with native bf16 even where this machine has none (a login node)."""
+    import torch
+
+    from lora_repro.precision import Precision
+
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        name = "bf16" if cfg.train.precision == "auto" else cfg.train.precision
+        return torch.device("cuda"), Precision(name, cfg.train.precision, "planned for CUDA")
+    device = device_for(cfg)
+    return device, resolve_precision(cfg.train.precision, device)
+
+
+def render_plan(rows: list[dict]) -> str:
+    """The printed plan: one line per run, then the totals."""
+    head = f"{'grid':<9} {'run':<58} {'r':>4} {'trainable':>11} {'base':>8} {'adapt+opt':>9} "
+    head += f"{'activ.':>8} {'peak MiB':>9}  status"
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['grid']:<9} {r['run']:<58} {r['r'] if r['r'] is not None else '-':>4} "
+            f"{r['trainable_params']:>11,} {r['base_mb']:>8.0f} "
+            f"{r['adapters_mb'] + r['optimizer_mb']:>9.1f} {r['activations_mb']:>8.0f} "
+            f"{r['total_mb']:>9.0f}  {'finished (skipped)' if r['finished'] else 'to train'}"
+        )
+    todo = [r for r in rows if not r["finished"]]
+    peak = max((r["total_mb"] for r in todo), default=0.0)
+    lines.append(
+        f"total: {len(rows)} runs, {len(rows) - len(todo)} finished (skipped), {len(todo)} to "
+        f"train; largest planned peak of those {peak:,.0f} MiB (one run at a time per device; "
+        "a process's first run on a CPU also holds its cached copy of the base)"
+    )
+    return "\n".join(lines)
 
 
 def _bad(message: str) -> int:

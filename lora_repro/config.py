@@ -31,7 +31,18 @@ class ModelConfig:
     revision: str | None = None  # hub revision (pin it)
     kind: str = "seq_cls"  # seq_cls | causal_lm
     gguf_file: str | None = None  # a GGUF file inside the folder: dequantised to float32, cached
+    # eager | sdpa | flash_attention_2; the implementation actually used is in meta.json. The
+    # embedded defaults keep eager (what their committed runs used); conf/model/ hub configs set
+    # sdpa where the architecture has it.
     attn_implementation: str = "eager"
+    # The frozen base's dtype: auto | bf16 | fp16 | fp32. auto = bf16 on a CUDA device where the
+    # run computes in bf16, fp32 everywhere else (always on a CPU). LoRA's A, B and the head
+    # stay float32 whatever this is (lora_repro.precision.base_dtype gives the allowed pairs).
+    dtype: str = "auto"
+    # Architecture numbers for `experiments.sweep --plan` when the model is not on this machine:
+    # {layers, d_model, heads, kv_heads, vocab, intermediate, params}; null reads the model's
+    # own config. Descriptive only (not part of a run's identity).
+    arch: Any = None
 
 
 @dataclass
@@ -114,6 +125,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     progress: bool = True
     save_base_weights: bool = True
+    # Recompute each block's activations in the backward pass (transformers' own switch, with
+    # use_reentrant=False): less activation memory, ~30% more compute, the same gradients.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -149,7 +163,15 @@ NON_IDENTITY = {
     ("train", "precision"),
     ("train", "threads"),
     ("train", "device"),
+    # Recomputation gives the same gradients (tests/test_train.py checks it on a tiny model).
+    ("train", "gradient_checkpointing"),
+    ("model", "arch"),  # the planner's description of the model, not an input of the run
 }
+# model.dtype is part of a run's identity: an explicit bf16 base trains against other W than an
+# fp32 one. Saved configs that lack it are not compared (lifecycle.diff), and auto on a CPU is
+# fp32, what they ran.
+MODEL_DTYPES = ("auto", "bf16", "fp16", "fp32")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 METHODS = ("lora", "full")
 # The learning rate a method gets when train.lr is null, resolved before the run's identity.
@@ -239,6 +261,18 @@ def validate(cfg: Any) -> None:
         ),
         (t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "auto, cpu or cuda"),
         (
+            cfg.model.get("dtype", "auto") in MODEL_DTYPES,
+            "model.dtype",
+            cfg.model.get("dtype"),
+            "auto, bf16, fp16 or fp32",
+        ),
+        (
+            cfg.model.get("attn_implementation", "eager") in ATTN_IMPLEMENTATIONS,
+            "model.attn_implementation",
+            cfg.model.get("attn_implementation"),
+            ", ".join(ATTN_IMPLEMENTATIONS),
+        ),
+        (
             cfg.model.kind in ("seq_cls", "causal_lm"),
             "model.kind",
             cfg.model.kind,
@@ -300,6 +334,7 @@ def _validate_run(cfg: Any) -> None:
     for key, node in (
         ("adapter.target_modules", a.target_modules),
         ("task.data_files", cfg.task.data_files),
+        ("model.arch", cfg.model.get("arch")),
     ):
         if node is not None and not isinstance(node, Mapping):
             raise ConfigError(

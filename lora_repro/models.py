@@ -8,8 +8,11 @@
 * ``path``: a local folder (``save_pretrained`` output).
 * ``hub``: a hub id with a pinned ``model.revision`` (users on a cluster with hub access).
 
-A loaded model is kept in a per-process cache, and every run gets a deep copy, so a sweep run by
-Hydra's sequential launcher loads each model once; the copy is bit-identical to a fresh load.
+A model loaded onto the CPU is kept in a per-process cache, and every run gets a deep copy, so a
+sweep run by Hydra's sequential launcher loads each model once; the copy is bit-identical to a
+fresh load (the process then holds the cached copy beside the run's). A model for a CUDA device
+is loaded straight onto it in its dtype (``device_map`` and ``dtype`` at ``from_pretrained``; no
+float32 copy on the host first) and not cached: a second copy would take device memory.
 
 A GGUF file (``model.gguf_file``) is dequantised to float32 by transformers (with the ``gguf``
 package) once, which takes ~20-30 s, and saved as an ordinary float32 safetensors checkpoint with
@@ -56,7 +59,7 @@ class LoadedModel:
     """A model with its tokenizer and identity.
 
     Attributes:
-        model: the transformers model (float32, CPU, train mode).
+        model: the transformers model (in the dtype and on the device asked for, train mode).
         tokenizer: its tokenizer (pad token set).
         identity: what was loaded: source, id/path, revision, weights file sha256 (for meta.json).
     """
@@ -114,7 +117,12 @@ def _weights_identity(location: str) -> dict[str, Any]:
     return {"weights_files": {f.name: runs.file_sha256(f) for f in files}}
 
 
-def load_model(model_cfg: Any, num_labels: int | None = None) -> LoadedModel:
+def load_model(
+    model_cfg: Any,
+    num_labels: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
     """Load (or take from the process cache) the model described by ``model_cfg``.
 
     Args:
@@ -122,13 +130,24 @@ def load_model(model_cfg: Any, num_labels: int | None = None) -> LoadedModel:
             attn_implementation``; ``kind`` is ``seq_cls`` (encoder + classification head) or
             ``causal_lm``.
         num_labels: classes of the head for ``seq_cls``.
+        dtype: the dtype of the frozen base (:func:`lora_repro.precision.base_dtype`).
+        device: where the weights go; a CUDA device is loaded onto directly and not cached.
 
     Returns:
-        A fresh deep copy of the cached model, in float32 on the CPU.
+        On the CPU a fresh deep copy of the cached model; on CUDA a fresh load.
 
     Raises:
-        ModelLoadError: missing package, missing folder, offline hub access, or an unknown kind.
+        ModelLoadError: missing package, missing folder, offline hub access, an unknown kind, or
+            a model that does not fit on the device (the message gives its size and the options).
     """
+    device = torch.device(device)
+    if device.type != "cpu":
+        try:
+            return _load_uncached(model_cfg, num_labels, dtype, device)
+        except torch.OutOfMemoryError as e:
+            arch = model_cfg.get("arch") or {}
+            base = arch.get("params", 0) * torch.finfo(dtype).bits / 8 / 2**20
+            raise out_of_memory_error(model_cfg.name, "loading", device, base or None) from e
     key = (
         model_cfg.name,
         model_cfg.source,
@@ -138,9 +157,10 @@ def load_model(model_cfg: Any, num_labels: int | None = None) -> LoadedModel:
         model_cfg.gguf_file,
         model_cfg.attn_implementation,
         num_labels,
+        dtype,
     )
     if key not in _CACHE:
-        _CACHE[key] = _load_uncached(model_cfg, num_labels)
+        _CACHE[key] = _load_uncached(model_cfg, num_labels, dtype, device)
     cached = _CACHE[key]
     return LoadedModel(copy.deepcopy(cached.model), cached.tokenizer, dict(cached.identity))
 
@@ -258,7 +278,53 @@ def _file_digest(path: Path) -> str:
     return digest
 
 
-def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
+def model_config(model_cfg: Any) -> Any:
+    """The transformers config of ``model_cfg``'s model, read from local files (no weights).
+
+    Raises:
+        ModelLoadError: the package, folder or GGUF file is missing.
+        OSError: a hub model that is not in the local cache while offline.
+    """
+    import transformers
+
+    location, kwargs = _resolve(model_cfg)
+    if model_cfg.source == "package":
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if model_cfg.gguf_file:
+        path = Path(location) / model_cfg.gguf_file
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist: {PACKAGE_HINT}")
+        cached = [p.parent for p in (cache_root() / "gguf").glob(f"{path.stem}-*/{DONE_FILE}")]
+        if cached:
+            return transformers.AutoConfig.from_pretrained(str(cached[0]))
+        kwargs["gguf_file"] = model_cfg.gguf_file
+    return transformers.AutoConfig.from_pretrained(location, **kwargs)
+
+
+def out_of_memory_error(
+    name: str, phase: str, device: torch.device, needed_mb: float | None = None
+) -> ModelLoadError:
+    """The one-line error for a model that does not fit on ``device`` while ``phase``
+    (``loading``, ``training``); ``needed_mb`` is the planned peak (MiB) where it is known."""
+    have = ""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        have = f" ({free / 2**20:,.0f} of {total / 2**20:,.0f} MiB free)"
+    need = f"; it needs about {needed_mb:,.0f} MiB (lora_repro.plan)" if needed_mb else ""
+    return ModelLoadError(
+        f"model {name!r} ran out of memory on {device}{have} while {phase}{need}; "
+        "`python -m experiments.sweep --plan` estimates what a run needs. Options: model.dtype=bf16 "
+        "(a bf16 base, with train.precision=bf16), train.gradient_checkpointing=true, or a smaller "
+        "train.batch_size with a larger train.grad_accum"
+    )
+
+
+def _load_uncached(
+    model_cfg: Any,
+    num_labels: int | None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> LoadedModel:
     import transformers
 
     transformers.logging.set_verbosity_error()  # the load report lists the new head as "missing"
@@ -273,17 +339,19 @@ def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
         else:
             kwargs["gguf_file"] = model_cfg.gguf_file
     kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if device is not None and device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             location, **{k: v for k, v in kwargs.items() if k in ("revision", "gguf_file")}
         )
         if model_cfg.kind == "seq_cls":
             model = transformers.AutoModelForSequenceClassification.from_pretrained(
-                location, num_labels=num_labels, dtype=torch.float32, **kwargs
+                location, num_labels=num_labels, dtype=dtype, **kwargs
             )
         elif model_cfg.kind == "causal_lm":
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                location, dtype=torch.float32, **kwargs
+                location, dtype=dtype, **kwargs
             )
         else:
             raise ModelLoadError(f"model.kind must be seq_cls or causal_lm, got {model_cfg.kind!r}")
@@ -309,6 +377,8 @@ def _load_uncached(model_cfg: Any, num_labels: int | None) -> LoadedModel:
         "revision": model_cfg.revision,
         "transformers_class": type(model).__name__,
         "model_type": model.config.model_type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
         **(weights_identity or _weights_identity(location)),
     }
     commit = getattr(model.config, "_commit_hash", None)

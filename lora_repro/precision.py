@@ -319,3 +319,50 @@ def resolve(requested: str, device: torch.device, info: CpuInfo | None = None) -
         return Precision("bf16", requested, f"set by train.precision; {why}", timing)
     name = "bf16" if native else "fp32"
     return Precision(name, requested, f"{'native' if native else 'no native'} bf16: {why}", timing)
+
+
+# The frozen base's dtype (model.dtype) for each resolved compute precision (train.precision):
+# a 16-bit base only under autocast to the same dtype. Under fp32 compute a bf16 base would make
+# every activation bf16, so that the run computes in bf16 while recording fp32: refused.
+BASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ALLOWED_BASE = {"fp32": ("fp32",), "bf16": ("fp32", "bf16"), "fp16": ("fp32", "fp16")}
+
+
+def base_dtype(
+    requested: str, precision: Precision, device: torch.device, method: str = "lora"
+) -> torch.dtype:
+    """The dtype the frozen base model is loaded in, given ``model.dtype`` and the resolved
+    precision.
+
+    ``auto`` is bf16 on a CUDA device when the run computes in bf16 (``precision.name``), else
+    float32 (always on a CPU, and always for full fine-tuning, whose trained W stay float32
+    masters). Allowed pairs (``model.dtype`` × resolved ``train.precision``): fp32 × any;
+    bf16 × bf16; fp16 × fp16. LoRA's A, B and the head are float32 in every case.
+
+    Raises:
+        PrecisionError: an unknown name, a 16-bit base with another compute precision, or a
+            16-bit base with ``adapter.method=full``.
+    """
+    if requested not in ("auto", *BASE_DTYPES):
+        raise PrecisionError(
+            f"model.dtype={requested!r} is invalid: expected auto, bf16, fp16 or fp32"
+        )
+    if requested == "auto":
+        bf16 = device.type == "cuda" and precision.name == "bf16" and method != "full"
+        return torch.bfloat16 if bf16 else torch.float32
+    if requested != "fp32" and method == "full":
+        raise PrecisionError(
+            f"model.dtype={requested} with adapter.method=full would train {requested} W; "
+            "full fine-tuning keeps W in float32: use model.dtype=fp32 (or auto)"
+        )
+    if requested not in ALLOWED_BASE[precision.name]:
+        raise PrecisionError(
+            f"model.dtype={requested} needs train.precision={requested} (the run computes in "
+            f"{precision.name}); set train.precision={requested} or model.dtype=fp32"
+        )
+    return BASE_DTYPES[requested]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``bf16``, ``torch.float16`` → ``fp16``, ``torch.float32`` → ``fp32``."""
+    return {v: k for k, v in BASE_DTYPES.items()}[dtype]

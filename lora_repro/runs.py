@@ -854,11 +854,17 @@ def save_base_weights(
     weights: dict[str, np.ndarray],
     modules: dict[str, ModuleInfo],
     model_id: str,
+    source_dtype: str = "fp32",
 ) -> Path:
-    """Atomically save pretrained W (d, k) per adapter key, float32, with module info in the header."""
+    """Atomically save pretrained W (d, k) per adapter key, float32, with module info in the header.
+
+    ``source_dtype`` (``fp32``, ``bf16``, ``fp16``) is the dtype the model was loaded in; the W
+    are upcast from it exactly, and the header records it as ``source_dtype``.
+    """
     md = {
         "format": ADAPTER_FORMAT + "-base",
         "base_model": model_id,
+        "source_dtype": source_dtype,
         "modules": json.dumps({k: vars(v) for k, v in modules.items()}, sort_keys=True),
     }
     return atomic_save_safetensors(

@@ -51,8 +51,15 @@ from lora_repro.lora import (
     module_infos,
     save_adapter,
 )
-from lora_repro.models import LoadedModel, head_modules, load_model, reset_head
-from lora_repro.precision import Precision, cpu_info
+from lora_repro.memory import PeakMemory
+from lora_repro.models import (
+    LoadedModel,
+    head_modules,
+    load_model,
+    out_of_memory_error,
+    reset_head,
+)
+from lora_repro.precision import Precision, base_dtype, cpu_info, dtype_name
 from lora_repro.precision import resolve as resolve_precision
 from lora_repro.runs import canonical_targets
 from lora_repro.targets import Target, find_targets
@@ -98,6 +105,9 @@ class Prepared:
             for full fine-tuning.
         budget: the trainable-parameter budget (Table 5), ``None`` without one.
         method: ``lora`` or ``full`` (``adapter.method``).
+        device: where the run trains (``train.device``).
+        precision: the compute precision (``train.precision`` resolved for the device).
+        dtype: the frozen base's dtype (``model.dtype`` resolved).
     """
 
     data: TaskData
@@ -106,6 +116,9 @@ class Prepared:
     lora: LoraConfig | None
     budget: int | None
     method: str = "lora"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Precision | None = None
+    dtype: torch.dtype = torch.float32
 
 
 def prepare(
@@ -117,23 +130,35 @@ def prepare(
     ``train.lr``, and null LoRA-only keys for full fine-tuning). ``data`` and ``loaded``, when
     given, are used instead of loading them (runs packed over one base model share them).
 
+    The base model is loaded in ``model.dtype`` (resolved by
+    :func:`lora_repro.precision.base_dtype` against the run's precision) straight onto the
+    training device.
+
     Raises:
-        ConfigError, DataError, ModelLoadError, TargetError, BudgetError, AdapterError: bad input.
+        ConfigError, DataError, ModelLoadError, TargetError, BudgetError, AdapterError,
+        PrecisionError: bad input.
     """
     resolve_method(cfg)
+    device = device_for(cfg)
+    prec = resolve_precision(cfg.train.precision, device)
+    dtype = base_dtype(cfg.model.get("dtype", "auto"), prec, device, cfg.adapter.method)
     if data is None:
         data = load_task(cfg.task)
     if loaded is None:
         num_labels = len(data.label_names) if isinstance(data, ClassificationData) else None
         loaded = load_model(
-            cfg.model, num_labels=num_labels if cfg.model.kind == "seq_cls" else None
+            cfg.model,
+            num_labels=num_labels if cfg.model.kind == "seq_cls" else None,
+            dtype=dtype,
+            device=device,
         )
+    placed = {"device": device, "precision": prec, "dtype": dtype}
     a = cfg.adapter
     custom = dict(a.target_modules) if a.target_modules else None
     targets = find_targets(loaded.model, list(a.targets), a.layers, custom)
     if a.method == "full":
         full.check_targets(targets, cfg.model.name)
-        return Prepared(data, loaded, targets, None, None, "full")
+        return Prepared(data, loaded, targets, None, None, "full", **placed)
     budget, r = resolve_budget(
         a.budget,
         [(t.d, t.k) for t in targets],
@@ -149,7 +174,7 @@ def prepare(
         layers=list(a.layers) if a.layers else None,
         target_modules=custom,
     )
-    return Prepared(data, loaded, targets, lora, budget)
+    return Prepared(data, loaded, targets, lora, budget, **placed)
 
 
 def device_for(cfg: Any) -> torch.device:
@@ -353,13 +378,23 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     _canonicalize(cfg)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
+    import transformers  # noqa: F401  (the library's own memory is not the run's)
+
+    memory = PeakMemory(device_for(cfg)).start()  # before the model is loaded or copied
+    try:
+        return _fit(cfg, t_start, memory)
+    finally:
+        memory.stop()
+
+
+def _fit(cfg: DictConfig, t_start: float, memory: PeakMemory) -> dict[str, Any]:
     prep = prepare(cfg)
     resolved, run_dir = resolve_run(cfg, prep)
     done = lifecycle.claim(run_dir, resolved)
     if done is not None:
         return done
     with lifecycle.recording(run_dir):
-        summary = _train(cfg, run_dir, prep, t_start)
+        summary = _train(cfg, run_dir, prep, t_start, memory)
     log.info("finished: %s (val %s %.4f)", run_dir, summary["metric"], summary["val_metric"] or 0.0)
     return summary
 
@@ -393,6 +428,8 @@ def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch
     else:
         inject_lora(model, prep.lora, g_init, prep.targets)
     head = head_modules(model)
+    for m in head.values():
+        m.float()  # trained: float32 masters whatever the base's dtype
     reset_head(head, g_init)
     head_params = [p for m in head.values() for p in m.parameters()]
     for p in head_params:
@@ -400,20 +437,30 @@ def attach(model: torch.nn.Module, prep: Prepared, seed_init: int) -> list[torch
     return head_params
 
 
-def _save_base_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
+def _save_base_weights(cfg: DictConfig, model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Pretrained W for the analysis (Table 7): once per model, all four types (those of a
-    custom adapter.target_modules map)."""
+    custom adapter.target_modules map), upcast to float32 with the loaded dtype in the header."""
     path = runs.base_weights_path(cfg.paths.results, cfg.model.name)
     if not cfg.train.save_base_weights or path.exists():
         return
     custom = dict(cfg.adapter.target_modules) if cfg.adapter.target_modules else None
     types = [t for t in runs.WEIGHT_TYPES if custom is None or t in custom]
     found = find_targets(model, types, None, custom)
-    runs.save_base_weights(path, base_weights(model, found), module_infos(found), cfg.model.id)
+    runs.save_base_weights(
+        path, base_weights(model, found), module_infos(found), cfg.model.id, dtype_name(dtype)
+    )
 
 
 def _meta(cfg, prep: Prepared, device: torch.device, prec: Precision, t_start: float) -> dict:
     """meta.json: provenance (git, packages, model and data identity), seeds, hardware, precision."""
+    return {
+        **_provenance(cfg, prep, device, prec, t_start),
+        "base_dtype": dtype_name(prep.dtype),
+        "gradient_checkpointing": bool(cfg.train.get("gradient_checkpointing", False)),
+    }
+
+
+def _provenance(cfg, prep: Prepared, device, prec: Precision, t_start: float) -> dict:
     seed_init, seed_data = lifecycle.seeds_of(cfg)
     cpu = cpu_info()
     return {
@@ -434,13 +481,61 @@ def _meta(cfg, prep: Prepared, device: torch.device, prec: Precision, t_start: f
     }
 
 
-def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> dict[str, Any]:
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing through transformers' own switch, non-reentrant.
+
+    ``activation_checkpointing_enable`` (transformers ≥ 5.x; ``gradient_checkpointing_enable``
+    before) with ``use_reentrant=False``: the recomputed blocks need no input that requires
+    grad, so frozen embeddings need no ``enable_input_require_grads`` hook. The KV cache is
+    turned off (useless in training, and transformers refuses it with checkpointing).
+
+    Raises:
+        ConfigError: a model without transformers' checkpointing support.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"{type(model).__name__} does not support gradient checkpointing; "
+            "set train.gradient_checkpointing=false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False
+
+
+def planned_peak_mb(cfg: DictConfig, prep: Prepared, model: torch.nn.Module) -> float | None:
+    """The planned peak memory (MiB) of this run (:func:`lora_repro.plan.estimate`) from the
+    loaded model's config; ``None`` where the config lacks the numbers."""
+    from lora_repro import plan
+
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    head = sum(p.numel() for m in head_modules(model).values() for p in m.parameters())
+    try:
+        arch = plan.arch_of_config(model.config, frozen, cfg.model.kind == "causal_lm")
+        a = cfg.adapter
+        est = plan.estimate(
+            arch, list(a.targets), prep.lora.r if prep.lora else None, None,
+            cfg.train.batch_size, cfg.task.max_length, dtype_name(prep.dtype),
+            prep.precision.name, prep.method, list(a.layers) if a.layers else None, head,
+            bool(cfg.train.get("gradient_checkpointing", False)), cfg.model.attn_implementation,
+        )  # fmt: skip
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+    return est.total_mb
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float, memory: PeakMemory
+) -> dict[str, Any]:
     tc = cfg.train
     seed_init, seed_data = lifecycle.seeds_of(cfg)
-    device = device_for(cfg)
+    device = prep.device
     torch.use_deterministic_algorithms(bool(tc.deterministic), warn_only=True)
     model, tok = prep.loaded.model, prep.loaded.tokenizer
-    _save_base_weights(cfg, model)
+    _save_base_weights(cfg, model, prep.dtype)
 
     full_ft = prep.method == "full"
     W0 = base_weights(model, prep.targets) if full_ft else None  # for ΔW = W_ft − W0 at the end
@@ -454,9 +549,11 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
             {"format": runs.ADAPTER_FORMAT + "-init"},
         )
     model.to(device)
+    if tc.get("gradient_checkpointing", False):
+        enable_checkpointing(model)
 
-    prec = resolve_precision(tc.precision, device)
-    log.info("precision: %s (%s)", prec.name, prec.reason)
+    prec = prep.precision
+    log.info("precision: %s (%s), base %s", prec.name, prec.reason, dtype_name(prep.dtype))
     track = make_track(cfg, prep.data, tok, device, prec.name)
     meta = _meta(cfg, prep, device, prec, t_start)
     runs.atomic_write_json(run_dir / runs.META_FILE, meta)
@@ -471,9 +568,13 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
     g_data = torch.Generator().manual_seed(seed_data)
     torch.manual_seed(seed_data)  # dropout inside the model
 
+    trained_tokens = [0]  # non-pad tokens of the training batches drawn
+
     def batches() -> Iterator[list[int]]:
         while True:
-            yield from length_grouped_batches(track.lengths, tc.batch_size, g_data)
+            for b in length_grouped_batches(track.lengths, tc.batch_size, g_data):
+                trained_tokens[0] += sum(track.lengths[i] for i in b)
+                yield b
 
     def on_eval(step_: int, train_loss: float, lr: float) -> None:
         ev, preds = track.evaluate(model, "validation")
@@ -485,7 +586,11 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
             _write_predictions(run_dir, "validation", prep.data, preds)
 
     setup_s = time.time() - t_start
-    result = loop(trainee, track.batch_loss, batches(), tc, on_eval, prec.name)
+    try:
+        result = loop(trainee, track.batch_loss, batches(), tc, on_eval, prec.name)
+    except torch.OutOfMemoryError as e:
+        needed = planned_peak_mb(cfg, prep, model)
+        raise out_of_memory_error(cfg.model.name, "training", device, needed) from e
     test, eval_s = None, result.eval_s
     if "test" in track.splits:
         t0 = time.time()
@@ -509,9 +614,13 @@ def _train(cfg: DictConfig, run_dir: Path, prep: Prepared, t_start: float) -> di
         "train_time_s": result.train_s,
         "eval_time_s": eval_s,
         "steps_per_s": tc.max_steps / result.train_s if result.train_s > 0 else None,
+        "tokens_per_s": trained_tokens[0] / result.train_s if result.train_s > 0 else None,
     }
     counts = {"n_trained_params": sum(p.numel() for p in trained)}
     counts["n_head_params"] = sum(p.numel() for p in head_params)
+    times["train_tokens"] = trained_tokens[0]
+    times["base_dtype"] = dtype_name(prep.dtype)
+    times.update(memory.stop())
     summary = _summary(cfg, prep, track, val[-1], test, result.last_loss, counts, prec, times)
     runs.atomic_write_json(run_dir / runs.SUMMARY_FILE, summary)
     meta["ended"] = t_end

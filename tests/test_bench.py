@@ -296,11 +296,23 @@ def test_gpu_code_path_on_cpu(tmp_path):
         "2",
         "--max-length",
         "16",
+        "--base-dtype",
+        "both",
+        "--checkpointing",
+        "both",
     ]
     assert gpu.main(args) == 0
-    (row,) = _read(tmp_path, "gpu")["results"]
-    assert row["linear_params_in_blocks"] == 6 * (4 * 384**2 + 2 * 384 * 1536)
-    assert row["steps_per_s"] > 0 and row["flops_per_step"] > 0
+    rows = _read(tmp_path, "gpu")["results"]
+    assert [(r["base_dtype"], r["gradient_checkpointing"]) for r in rows] == [
+        ("bf16", False), ("bf16", True), ("fp32", False), ("fp32", True)
+    ]  # fmt: skip
+    for row in rows:
+        assert row["linear_params_in_blocks"] == 6 * (4 * 384**2 + 2 * 384 * 1536)
+        assert row["steps_per_s"] > 0 and row["flops_per_step"] > 0
+        assert row["peak_mem_gib"] is None  # measured on CUDA only
+    planned = {(r["base_dtype"], r["gradient_checkpointing"]): r["planned_peak_gib"] for r in rows}
+    assert planned["bf16", False] < planned["fp32", False]  # half the base's bytes
+    assert planned["fp32", True] < planned["fp32", False]
 
 
 def test_run_all_prints_every_table(tmp_path, capsys):
