@@ -8,6 +8,8 @@ touch the next) and writes ``<results>/bench/<name>.json``; the tables are print
 at the end. Quick defaults, a few minutes on a 2-core machine:
 
 * ``train_step``: 5 repetitions × 6 steps per variant, interleaved; memory in fresh processes.
+* ``pack_step``: one step of a pack of K = 4 mixed LoRA runs against the K steps alone
+  (``lora_repro.pack``), and the padding it costs.
 * ``analysis_scale``: dense SVD at n = 1024 and 2048 (at 12288 only with ``--dense-full`` in
   ``--analysis-args``); the report timed on 16 layers × 4 types and scaled to 96 × 4 (every
   module has the same shape; ``--analysis-args "--layers 96"`` times all 384). BLAS uses all
@@ -26,9 +28,10 @@ import time
 
 from bench import common
 
-BENCHES: tuple[str, ...] = ("train_step", "analysis_scale", "sweep_time", "gpu")
+BENCHES: tuple[str, ...] = ("train_step", "pack_step", "analysis_scale", "sweep_time", "gpu")
 QUICK: dict[str, list[str]] = {
     "train_step": [],
+    "pack_step": [],
     "analysis_scale": ["--layers", "16"],
     "sweep_time": [],
     "gpu": [],
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(BENCHES), help="comma list of " + ",".join(BENCHES))
     for name, flag in (
         ("train_step", "--train-args"),
+        ("pack_step", "--pack-args"),
         ("analysis_scale", "--analysis-args"),
         ("sweep_time", "--sweep-args"),
         ("gpu", "--gpu-args"),
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     extra = {
         "train_step": args.train_args,
+        "pack_step": args.pack_args,
         "analysis_scale": args.analysis_args,
         "sweep_time": args.sweep_args,
         "gpu": args.gpu_args,
