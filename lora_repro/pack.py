@@ -47,7 +47,9 @@ from lora_repro.config import ConfigError, validate
 from lora_repro.data import length_grouped_batches
 from lora_repro.errors import LoraReproError
 from lora_repro.lora import LoraConfig, LoraFactor, header_for, init_A
+from lora_repro.memory import PeakMemory
 from lora_repro.models import head_modules, reset_head
+from lora_repro.precision import dtype_name
 from lora_repro.precision import resolve as resolve_precision
 from lora_repro.targets import Target, num_layers
 from lora_repro.tracks import make_track
@@ -477,20 +479,27 @@ def fit_pack(cfgs: list[DictConfig]) -> list[dict[str, Any] | None]:
     if not todo:
         return results
     chosen = [prepared[i] for i in todo]
-    with lifecycle.recording_all([r.run_dir for r in chosen]) as fail:
-        summaries = _train_pack(chosen, fail, t_start)
+    # The pack's peak (one process trains every run of it): each packed run records it.
+    memory = PeakMemory(standalone.device_for(cfgs[0])).start()
+    try:
+        with lifecycle.recording_all([r.run_dir for r in chosen]) as fail:
+            summaries = _train_pack(chosen, fail, t_start, memory)
+    finally:
+        memory.stop()
     for i, s in zip(todo, summaries, strict=True):
         results[i] = s
     return results
 
 
-def _train_pack(pack: list[_Run], fail, t_start: float) -> list[dict[str, Any] | None]:
+def _train_pack(
+    pack: list[_Run], fail, t_start: float, memory: PeakMemory
+) -> list[dict[str, Any] | None]:
     cfg0, prep0 = pack[0].cfg, pack[0].prep
     tc = cfg0.train
     device = standalone.device_for(cfg0)
     torch.use_deterministic_algorithms(bool(tc.deterministic), warn_only=True)
     model, tok = prep0.loaded.model, prep0.loaded.tokenizer
-    standalone._save_base_weights(cfg0, model)
+    standalone._save_base_weights(cfg0, model, prep0.dtype)
 
     seeds = [lifecycle.seeds_of(r.cfg) for r in pack]
     packed = inject_pack(
@@ -572,12 +581,15 @@ def _train_pack(pack: list[_Run], fail, t_start: float) -> list[dict[str, Any] |
 
     setup_s = time.time() - t_start
     model.train()
+    tokens = dict.fromkeys(alive, 0)
     t0, eval_s = time.time(), 0.0
     for step_ in tqdm(range(tc.max_steps), desc=f"pack of {len(pack)}", disable=not tc.progress):
         totals = dict.fromkeys(alive, 0.0)
         scalers = {i: trainees[i].scaler for i in alive}
         for _ in range(tc.grad_accum):
             bs = {i: next(streams[i]) for i in alive}
+            for i, b in bs.items():
+                tokens[i] += sum(track.lengths[j] for j in b)  # non-pad tokens of run i
             for i, x in forward_backward(
                 model, track, packed.state, bs, scalers, tc.grad_accum
             ).items():
@@ -608,6 +620,7 @@ def _train_pack(pack: list[_Run], fail, t_start: float) -> list[dict[str, Any] |
     except Exception:  # noqa: BLE001 - models without the usual config keys
         n_layers = None
     out: list[dict[str, Any] | None] = [None] * len(pack)
+    peak = memory.stop()
     for i in alive:
         r = pack[i]
         A, B = packed.state_of(i)
@@ -626,6 +639,10 @@ def _train_pack(pack: list[_Run], fail, t_start: float) -> list[dict[str, Any] |
             "train_time_s": train_s,
             "eval_time_s": eval_s,
             "steps_per_s": tc.max_steps / train_s if train_s > 0 else None,
+            "tokens_per_s": tokens[i] / train_s if train_s > 0 else None,
+            "train_tokens": tokens[i],
+            "base_dtype": dtype_name(r.prep.dtype),
+            **peak,
         }
         n_lora = sum(p.numel() for p in packed.lora_parameters(i))
         counts = {
