@@ -242,6 +242,15 @@ class Runs:
     full: dict[int, Path] = field(default_factory=dict)
     lora: dict[tuple[int, int], Path] = field(default_factory=dict)
 
+    def add(self, method: str, targets: list[str], seed: int, r: Any, path: Path) -> None:
+        """Keep run ``path`` if the comparison reads it: full fine-tuning of a superset of Wq,Wv
+        ({q,v} preferred for a seed), or LoRA on exactly Wq,Wv (the first by path for a rank)."""
+        if method == "full" and set(TYPES) <= set(targets):
+            if seed not in self.full or list(targets) == list(TYPES):
+                self.full[seed] = path
+        elif method == "lora" and list(targets) == list(TYPES):
+            self.lora.setdefault((int(r), seed), path)
+
 
 def _default_settings(cfg: dict[str, Any]) -> bool:
     a = cfg.get("adapter") or {}
@@ -259,13 +268,9 @@ def find(results: str | Path, damaged: list | None = None) -> dict[tuple[str, st
         a = cfg["adapter"]
         targets = [t for t in runs.WEIGHT_TYPES if t in a.get("targets", [])]
         key = (cfg["task"]["name"], cfg["model"]["name"])
-        seed = int(cfg["seed"])
-        if a.get("method", "lora") == "full" and set(TYPES) <= set(targets):
-            have = out.setdefault(key, Runs()).full
-            if seed not in have or targets == list(TYPES):
-                have[seed] = run_dir
-        elif a.get("method", "lora") == "lora" and targets == list(TYPES):
-            out.setdefault(key, Runs()).lora.setdefault((int(a["r"]), seed), run_dir)
+        out.setdefault(key, Runs()).add(
+            a.get("method", "lora"), targets, int(cfg["seed"]), a.get("r"), run_dir
+        )
     return {k: v for k, v in out.items() if v.full}
 
 
@@ -276,16 +281,8 @@ def runs_from_index(results: str | Path, index: pd.DataFrame) -> Runs:
     out = Runs()
     sel = index[index["layers"].isna()] if "layers" in index else index
     for _, row in sel.sort_values("path").iterrows():
-        targets, seed, path = (
-            row["targets"].split(","),
-            int(row["seed"]),
-            Path(results) / row["path"],
-        )
-        if row["method"] == "full" and set(TYPES) <= set(targets):
-            if seed not in out.full or targets == list(TYPES):
-                out.full[seed] = path
-        elif row["method"] == "lora" and targets == list(TYPES):
-            out.lora.setdefault((int(row["r"]), seed), path)
+        out.add(row["method"], row["targets"].split(","), int(row["seed"]), row["r"],
+                Path(results) / row["path"])  # fmt: skip
     return out
 
 
