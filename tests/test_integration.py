@@ -128,7 +128,10 @@ def test_sweep_reports_runs_that_fail_before_a_run_directory_exists(tmp_path):
 def test_sweep_bad_arguments_exit_2_in_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     for args, message in [
-        (["--sweep", "nope"], "error: unknown sweep 'nope'; choose one of ['paper', 'full', 'full_qv', 'seeds', "),
+        (
+            ["--sweep", "nope"],
+            "error: unknown sweep 'nope'; choose one of ['paper', 'full', 'full_qv', 'seeds', ",
+        ),
         (["--launcher", "nope"], "error: unknown launcher 'nope'; choose one of ['local', "),
         ([f"paths.results={tmp_path / 'afile'}"], "is a file, not a folder"),
         (["paths.results="], "error: paths.results is empty: give a folder"),
