@@ -4,20 +4,17 @@ Every grid's Hydra sweeper params (``conf/sweep/<grid>.yaml``) are expanded with
 overrides (an override of a swept key replaces the grid's values, as in a Hydra multirun), each
 combination composed as ``python -m experiments.train +sweep=<grid> <combination>`` would compose
 it. Runs already finished are left out (Table 5's r resolved from its budget first); the others
-are split by :func:`lora_repro.pack.plan` and each pack is trained by
-:func:`lora_repro.pack.fit_pack`, one pack after another in this process. Full fine-tuning runs
-(``adapter.method=full``) are never packed: they train one by one with :func:`lora_repro.train.fit`.
+are split by :func:`lora_repro.pack.plan` into packs, each one job of ``experiments.pack_job``
+(:func:`lora_repro.pack.fit_pack`). Full fine-tuning runs (``adapter.method=full``) are never
+packed: each is a job of its own (:func:`lora_repro.train.fit`).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-log = logging.getLogger("lora_repro")
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -69,47 +66,19 @@ def configs(grids: list[str], overrides: list[str]) -> list[Any]:
     return out
 
 
-def run(
+def jobs(
     grids: list[str], overrides: list[str], pack_size: int, max_tokens: int | None
-) -> list[dict[str, str]]:
-    """Train the pending runs of ``grids`` packed; returns the failures (``run``, ``error``)."""
+) -> list[list[Any]]:
+    """The jobs of a packed sweep: the packs of the pending LoRA runs (:func:`lora_repro.pack.plan`),
+    then each pending full fine-tuning run alone.
+
+    Raises:
+        LoraReproError: a bad --pack-size / --pack-tokens, or a grid's bad config.
+    """
     from lora_repro import pack
-    from lora_repro.errors import LoraReproError
-    from lora_repro.train import fit
 
     cfgs = configs(grids, overrides)
-    lora = [c for c in cfgs if c.adapter.method != "full"]
-    full = [c for c in cfgs if c.adapter.method == "full"]
-    todo = pack.pending(lora)
-    packs = pack.plan(todo, pack_size, max_tokens)
-    print(
-        f"== pack: {len(lora)} LoRA config(s), {len(todo)} run(s) to train (finished runs and "
-        f"runs two grids share left out), in {len(packs)} pack(s) "
-        f"of at most {pack_size}; {len(full)} full fine-tuning run(s) one by one",
-        flush=True,
-    )
-    failures = []
-    for n, p in enumerate(packs, 1):
-        names = "; ".join(_describe(c) for c in p)
-        print(f"== pack {n}/{len(packs)}: {len(p)} run(s): {names}", flush=True)
-        try:
-            for cfg, summary in zip(p, pack.fit_pack(p), strict=True):
-                if summary is None:
-                    failures.append(
-                        {"run": _describe(cfg), "error": "failed (see its status.json)"}
-                    )
-        except LoraReproError as e:
-            log.error("pack failed: %s: %s", type(e).__name__, e)
-            failures += [{"run": _describe(c), "error": f"{type(e).__name__}: {e}"} for c in p]
-    for cfg in full:
-        try:
-            fit(cfg)
-        except LoraReproError as e:
-            failures.append({"run": _describe(cfg), "error": f"{type(e).__name__}: {e}"})
-    return failures
-
-
-def _describe(cfg: Any) -> str:
-    a = cfg.adapter
-    r = "full" if a.method == "full" else f"r={a.r}" if a.budget is None else f"budget={a.budget}"
-    return f"sweep={cfg.sweep} targets=[{','.join(a.targets)}] {r} seed={cfg.seed}"
+    todo = pack.pending(cfgs)
+    lora = [c for c in todo if c.adapter.method != "full"]
+    full = [[c] for c in todo if c.adapter.method == "full"]
+    return pack.plan(lora, pack_size, max_tokens) + full

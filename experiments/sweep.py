@@ -2,12 +2,17 @@
 
     python -m experiments.sweep --sweep paper --launcher local [hydra overrides ...]
 
-``--sweep`` is a file in ``conf/sweep/`` (table5, table6, subspace, seeds) or ``paper``, the union
-of the four. A run is identified by its config, not by the grid that asked for it: a run that two
+``--sweep`` is a file in ``conf/sweep/`` (table5, table6, subspace, seeds, full, full_qv),
+``paper`` (the union of the first four and full_qv), or a comma list of them. A run is identified by its config, not by the grid that asked for it: a run that two
 grids share is trained once, and every run that already finished is skipped, so rerunning a sweep
 trains nothing and a killed sweep resumes where it stopped. ``--launcher`` is a file in
 ``conf/hydra/launcher/`` (local, parallel, slurm) or hydra-submitit-launcher's own
 ``submitit_local``: the run code never knows it.
+
+``--pack`` trains the pending LoRA runs of all the grids in packs over one frozen base pass
+(:mod:`lora_repro.pack`, at most ``--pack-size`` runs and ``--pack-tokens`` padded tokens per
+step), each pack one job of ``experiments.pack_job`` under the same launcher (one Slurm job per
+pack with ``--launcher slurm``); full fine-tuning runs are jobs of their own, never packed.
 
 ``--plan`` trains nothing: it lists every run the sweep would launch (the grids' values, seeds and
 other sweeps from the overrides, Table 5's ranks resolved from the budget) with its rank,
@@ -45,11 +50,19 @@ PLUGIN_LAUNCHERS = {"submitit_local"}
 
 
 def grids(name: str) -> list[str] | None:
-    """The grid files a sweep name stands for; ``None`` for an unknown name."""
-    if name == "paper":
-        return PAPER
+    """The grid files a sweep name stands for (``paper``, one grid, or a comma list of grids,
+    each once, in the given order); ``None`` when a name is unknown."""
     known = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
-    return [name] if name in known else None
+    out: list[str] = []
+    for part in name.split(","):
+        part = part.strip()
+        if part == "paper":
+            out += PAPER
+        elif part in known:
+            out.append(part)
+        else:
+            return None
+    return list(dict.fromkeys(out)) or None
 
 
 def launchers() -> list[str]:
@@ -71,14 +84,19 @@ def results_dir(overrides: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sweep", default="paper", help="paper | table5 | table6 | subspace | seeds")
+    p.add_argument(
+        "--sweep",
+        default="paper",
+        help="paper, a grid of conf/sweep/ (table5, table6, subspace, seeds, full, full_qv), "
+        "or a comma list of them",
+    )
     p.add_argument("--launcher", default="local", help="local | parallel | submitit_local | slurm")
     p.add_argument("--no-collect", action="store_true", help="skip writing the index and tables")
     p.add_argument(
         "--pack",
         action="store_true",
         help="train the pending LoRA runs of all the grids in packs over one base pass "
-        "(lora_repro.pack), locally, one pack after another",
+        "(lora_repro.pack), one launcher job per pack (experiments.pack_job)",
     )
     p.add_argument("--pack-size", type=int, default=8, help="at most this many runs per pack")
     p.add_argument(
@@ -97,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     names = grids(args.sweep)
     if names is None:
         known = ["paper", *sorted(q.stem for q in (CONF / "sweep").glob("*.yaml"))]
-        return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}")
+        return _bad(f"unknown sweep {args.sweep!r}; choose one of {known}, or a comma list of them")
     given = results_dir(args.overrides)
     if args.plan:
         from lora_repro.errors import LoraReproError
@@ -119,30 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, FAILURE_LOG_ENV: str(failure_log.resolve())}
     failed_grids = []
     if args.pack:
-        if args.launcher != "local":
-            return _bad("--pack trains locally; use --launcher local (or drop --pack)")
-        from lora_repro.lifecycle import Interrupted, exit_code
-
-        try:
-            failed_grids = _packed(names, args, failure_log)
-        except (Interrupted, KeyboardInterrupt) as e:  # the pack's runs are marked failed
-            print(
-                "interrupted; finished runs are kept: rerun the same command to resume",
-                file=sys.stderr,
-            )
-            return exit_code(e.signum) if isinstance(e, Interrupted) else 130
-        if failed_grids is None:
+        packed = _packed_command(names, args, results)
+        if packed is None:
             return 2
-    for name in names if not args.pack else []:
-        cmd = [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "-m",
-            f"+sweep={name}",
-            f"hydra/launcher={args.launcher}",
-            *args.overrides,
+        commands = [("packed", packed)] if packed else []
+    else:
+        commands = [
+            (
+                name,
+                [
+                    "-m",
+                    "experiments.train",
+                    "-m",
+                    f"+sweep={name}",
+                    f"hydra/launcher={args.launcher}",
+                    *args.overrides,
+                ],
+            )  # fmt: skip
+            for name in names
         ]
+    for name, argv in commands:
+        cmd = [sys.executable, *argv]
         print(f"== sweep {name}: {' '.join(cmd[1:])}", flush=True)
         rc = _call(cmd, env)
         if rc in (-2, 130) or rc > 128:  # Ctrl-C or a stop signal: finished runs are kept
@@ -180,24 +195,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _packed(names: list[str], args: argparse.Namespace, failure_log: Path) -> list[str] | None:
-    """Train the grids packed (experiments.packs); failures go to ``failure_log``. ``None`` after
-    bad input (reported in one line)."""
-    from experiments.packs import run
+def _packed_command(names: list[str], args: argparse.Namespace, results: Path) -> list[str] | None:
+    """Plan the packed jobs (experiments.packs), write their manifest under ``results``/.hydra and
+    return the ``experiments.pack_job`` multirun that trains them with the sweep's launcher: ``[]``
+    when nothing is left to train, ``None`` after bad input (reported in one line)."""
+    from experiments.pack_job import describe, write_manifest
+    from experiments.packs import jobs
     from lora_repro.errors import LoraReproError
 
     if args.pack_size < 1 or (args.pack_tokens is not None and args.pack_tokens < 1):
         _bad("--pack-size and --pack-tokens must be >= 1")
         return None
-    print(f"== sweep {','.join(names)} packed (--pack-size {args.pack_size})", flush=True)
+    run_overrides = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
     try:
-        failures = run(names, args.overrides, args.pack_size, args.pack_tokens)
-    except LoraReproError as e:  # a bad --pack-size / --pack-tokens, or a grid's bad config
+        todo = jobs(names, run_overrides, args.pack_size, args.pack_tokens)
+    except LoraReproError as e:  # a bad --pack-tokens, or a grid's bad config
         _bad(str(e))
         return None
-    for f in failures:
-        runs.append_jsonl(failure_log, {"overrides": [f["run"]], "error": f["error"]})
-    return []
+    n_packs = sum(c.adapter.method != "full" for job in todo for c in job[:1])
+    n_runs = sum(len(job) for job in todo)
+    print(
+        f"== sweep {','.join(names)} packed: {n_runs} run(s) to train (finished runs and runs "
+        f"two grids share left out) in {n_packs} pack(s) of at most {args.pack_size}, and "
+        f"{len(todo) - n_packs} full fine-tuning run(s) alone; launcher {args.launcher}",
+        flush=True,
+    )
+    for n, job in enumerate(todo):
+        print(f"   job {n}: {'; '.join(describe(c) for c in job)}", flush=True)
+    if not todo:
+        return []
+    folder = results / ".hydra" / "packed" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    manifest = write_manifest(folder / "manifest.yaml", todo)
+    launcher_overrides = [o for o in args.overrides if o.startswith(("hydra.", "hydra/"))]
+    return [
+        "-m", "experiments.pack_job", "-m", f"manifest={manifest}",
+        f"job={','.join(str(i) for i in range(len(todo)))}",
+        f"hydra/launcher={args.launcher}", f"hydra.sweep.dir={folder}", *launcher_overrides,
+    ]  # fmt: skip
 
 
 def plan(names: list[str], overrides: list[str]) -> list[dict]:

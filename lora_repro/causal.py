@@ -184,22 +184,34 @@ def sequence_logprobs(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
+    copies: int | None = None,
 ) -> torch.Tensor:
-    """log p(target | prompt) of each example: the sum over its target tokens, ``(n,)``."""
-    out = torch.empty(len(examples), dtype=torch.float64)
+    """log p(target | prompt) of each example: the sum over its target tokens, ``(n,)``.
+
+    ``copies``: each batch is given to the model that many times, stacked along the batch axis
+    (the K adapters of a pack, :mod:`lora_repro.pack`, one per copy); the result is then
+    ``(copies, n)``, row j from copy j.
+    """
+    c = copies or 1
+    out = torch.empty(c, len(examples), dtype=torch.float64)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     for s in range(0, len(order), batch_size):
         b = order[s : s + batch_size]
         ids, mask, labels = lm_batch([examples[i] for i in b], pad_id)
         first = min(examples[i].n_prompt for i in b) - 1
         with autocast(device, precision):
-            logits = forward_logits(model, ids.to(device), mask.to(device), first)
+            logits = forward_logits(model, _stack(ids, c, device), _stack(mask, c, device), first)
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        tgt = labels[:, first + 1 :].to(device)
+        tgt = _stack(labels[:, first + 1 :], c, device)
         tok = logp.gather(-1, tgt.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         tok = tok.masked_fill(tgt == IGNORE, 0.0)
-        out[b] = tok.sum(-1).double().cpu()
-    return out
+        out[:, b] = tok.sum(-1).double().cpu().view(c, len(b))
+    return out if copies else out[0]
+
+
+def _stack(t: torch.Tensor, copies: int, device: torch.device) -> torch.Tensor:
+    """``copies`` copies of the batch ``t`` (b, ...) stacked along the batch axis, on ``device``."""
+    return (t.repeat(copies, *([1] * (t.dim() - 1))) if copies > 1 else t).to(device)
 
 
 @torch.no_grad()
@@ -213,6 +225,7 @@ def label_scores(
     precision: str = "fp32",
     max_length: int | None = None,
     bos_id: int | None = None,
+    copies: int | None = None,
 ) -> torch.Tensor:
     """Score every label word after every prompt: ``(n, K)`` of log p(label word | prompt).
 
@@ -226,14 +239,15 @@ def label_scores(
         label_ids: token ids of each label word (no special tokens).
         max_length: truncate prompt + label word as in training (:func:`join`); None: no limit.
         bos_id: the BOS id kept when a prompt is truncated.
+        copies: as in :func:`sequence_logprobs`; the result is then ``(copies, n, K)``.
     """
-    n, k = len(prompts), len(label_ids)
+    n, k, c = len(prompts), len(label_ids), copies or 1
     limit = max_length or 10**9
     if all(len(w) == 1 for w in label_ids):
         room = max(len(w) for w in label_ids)
         ex = [join(p, [0] * room, limit, bos_id) for p in prompts]
         heads = torch.tensor([w[0] for w in label_ids])
-        out = torch.empty(n, k, dtype=torch.float64)
+        out = torch.empty(c, n, k, dtype=torch.float64)
         order = sorted(range(n), key=lambda i: ex[i].n_prompt)
         for s in range(0, n, batch_size):
             b = order[s : s + batch_size]
@@ -241,13 +255,17 @@ def label_scores(
             ids, mask, _ = lm_batch(rows, pad_id)
             first = min(r.n_prompt for r in rows) - 1
             with autocast(device, precision):
-                logits = forward_logits(model, ids.to(device), mask.to(device), first)
+                logits = forward_logits(
+                    model, _stack(ids, c, device), _stack(mask, c, device), first
+                )
             last = torch.tensor([r.n_prompt - 1 - first for r in rows], device=logits.device)
-            nxt = logits[torch.arange(len(b), device=logits.device), last].float()
-            out[b] = torch.log_softmax(nxt, dim=-1)[:, heads.to(nxt.device)].double().cpu()
-        return out
+            nxt = logits[torch.arange(c * len(b), device=logits.device), last.repeat(c)].float()
+            scores = torch.log_softmax(nxt, dim=-1)[:, heads.to(nxt.device)].double().cpu()
+            out[:, b] = scores.view(c, len(b), k)
+        return out if copies else out[0]
     pairs = [join(p, w, limit, bos_id) for p in prompts for w in label_ids]
-    return sequence_logprobs(model, pairs, pad_id, batch_size, device, precision).view(n, k)
+    logp = sequence_logprobs(model, pairs, pad_id, batch_size, device, precision, c)
+    return logp.view(c, n, k) if copies else logp.view(n, k)
 
 
 @torch.no_grad()
@@ -262,11 +280,14 @@ def generate(
     num_beams: int = 1,
     length_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
-) -> list[str]:
+    copies: int | None = None,
+) -> list[str] | list[list[str]]:
     """Decode a continuation of each prompt (greedy when ``num_beams`` is 1), as text.
 
     Prompts are left-padded into batches of similar length; decoding stops at EOS or after
     ``max_new_tokens``; the text is the decoded new tokens without special tokens, stripped.
+    ``copies``: as in :func:`sequence_logprobs` (beam search keeps each copy's rows together);
+    the result is then one list of texts per copy.
     """
     import transformers
 
@@ -283,8 +304,9 @@ def generate(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    c = copies or 1
     with eval_mode(model):
-        out: list[str] = [""] * len(prompts)
+        out: list[list[str]] = [[""] * len(prompts) for _ in range(c)]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for s in range(0, len(order), batch_size):
             b = order[s : s + batch_size]
@@ -297,10 +319,12 @@ def generate(
                 mask[j, L - len(p) :] = 1
             with autocast(device, precision):
                 seqs = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
+                    input_ids=_stack(ids, c, device),
+                    attention_mask=_stack(mask, c, device),
                     generation_config=gen_cfg,
                 )
-            for j, i in enumerate(b):
-                out[i] = tokenizer.decode(seqs[j, L:], skip_special_tokens=True).strip()
-    return out
+            for copy in range(c):
+                for j, i in enumerate(b):
+                    new = seqs[copy * len(b) + j, L:]
+                    out[copy][i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return out if copies else out[0]

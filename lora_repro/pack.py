@@ -14,9 +14,11 @@ number of steps and the batch size (:func:`pack_key`) are trained together here:
   :func:`passes`), runs the base model once per pass, and each :class:`PackedLoraLayer`
   adds run i's s_i·B_i·A_i·x to run i's rows; each run's loss is the mean over its own rows, the
   K losses are summed and backpropagated once: a run's gradients come only from its own rows;
-* evaluation runs each run's adapter in turn over the whole split (:attr:`PackState.active`),
-  through the same track code a standalone run uses, so its metrics are those of a standalone
-  evaluation of that adapter.
+* evaluation gives every batch of a split to the model K times, stacked (copy i through run i's
+  adapter and head, :attr:`PackState.replicas`), through the same track code a standalone run
+  uses (:attr:`lora_repro.tracks.Track.packed_evaluate`), so each run's metrics are those of a
+  standalone evaluation of its adapter; the pack's evaluation batch is K × ``eval_batch_size``
+  rows, as its training pass is K × ``batch_size``.
 
 Each run writes exactly the run directory a standalone run writes (:func:`lora_repro.train.fit`),
 with ``packed_with`` in meta.json: the run directories it trained beside. A packed run is the same
@@ -79,6 +81,12 @@ def pack_key(cfg: Any) -> str:
             "adapter.method=full trains W itself and cannot share a frozen base model; "
             "train it without --pack"
         )
+    return _shared_key(c)
+
+
+def _shared_key(cfg: Any) -> str:
+    """:func:`pack_key` of any run (full fine-tuning too): what one loaded model can serve."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     tc = {k: v for k, v in c["train"].items() if k not in PER_RUN_TRAIN and k != "progress"}
     shared = {"model": c["model"], "task": c["task"], "train": tc, "paths": c["paths"]}
     return OmegaConf.to_yaml(OmegaConf.create(shared), sort_keys=True)
@@ -89,23 +97,40 @@ class PackState:
     """What every packed layer of one model reads at forward time.
 
     Attributes:
-        sizes: rows of the stacked batch per run, in run order (0 for a run left out).
-        active: a run index to apply that run's adapter (and head) to the whole batch
-            (evaluation), or ``None`` to apply run i's to its rows only (training).
+        sizes: training: rows of the stacked batch per run, in run order (0 for a run left out).
+        replicas: evaluation: the batch is ``len(replicas)`` equal blocks of rows, block j passed
+            through run ``replicas[j]``'s adapter and head; ``None`` while training.
         generators: one generator per run for LoRA's dropout on x.
     """
 
     sizes: list[int]
-    active: int | None = None
+    replicas: list[int] | None = None
     generators: list[torch.Generator] = field(default_factory=list)
 
-    def rows(self) -> list[tuple[int, slice]]:
-        """``(run, rows)`` of each run with rows in the stacked batch."""
+    def rows(self, n: int) -> list[tuple[int, slice]]:
+        """``(run, rows)`` of each run with rows in a stacked batch of ``n`` rows.
+
+        Raises:
+            PackError: ``n`` does not split into the replicas' equal blocks, or differs from
+                the sum of ``sizes``.
+        """
+        if self.replicas is not None:
+            k = len(self.replicas)
+            if not k or n % k:
+                raise PackError(f"a batch of {n} rows does not split into {k} equal blocks")
+            b = n // k
+            return [(run, slice(j * b, (j + 1) * b)) for j, run in enumerate(self.replicas)]
+        if n != sum(self.sizes):
+            raise PackError(
+                f"a packed layer got {n} rows where the pack's batch has {sum(self.sizes)}: the "
+                "model applies an adapted matrix to something other than the batch (DeBERTa's "
+                "relative position embeddings do); train these runs without --pack"
+            )
         out, o = [], 0
-        for i, n in enumerate(self.sizes):
-            if n:
-                out.append((i, slice(o, o + n)))
-            o += n
+        for i, m in enumerate(self.sizes):
+            if m:
+                out.append((i, slice(o, o + m)))
+            o += m
         return out
 
 
@@ -115,7 +140,7 @@ class PackedLoraLayer(nn.Module):
     ``forward(x)``: x (b, ..., k), the K runs' rows stacked along the batch axis in run order with
     :attr:`PackState.sizes` rows each → y (b, ..., d_total), where run i's rows get
     ``W0·x + s_i·B_i·A_i·dropout_i(x)`` for each of its factors (a run with no factor on this
-    matrix gets ``W0·x``). With :attr:`PackState.active` = i, run i's factors apply to all rows.
+    matrix gets ``W0·x``); in evaluation, block j of the rows gets run ``replicas[j]``'s.
     Each run's delta is a loop over the runs with rows: a batched matmul with ranks padded to the
     largest was not consistently faster on a 2-core CPU (``bench.pack_step``), and the loop needs
     no padding of r nor of the runs that do not adapt this matrix.
@@ -160,11 +185,10 @@ class PackedLoraLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        if self.state.active is not None:
-            return self._delta(self.state.active, x, y) if self.runs[self.state.active] else y
-        parts = []
-        for i, rows in self.state.rows():
-            parts.append(self._delta(i, x[rows], y[rows]) if self.runs[i] else y[rows])
+        parts = [
+            self._delta(i, x[rows], y[rows]) if self.runs[i] else y[rows]
+            for i, rows in self.state.rows(x.shape[0])
+        ]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -172,7 +196,7 @@ class PackedHead(nn.Module):
     """K copies of a task head (``classifier`` / ``score``), copy i applied to run i's rows.
 
     ``forward(x)``: x (b, ...) stacked as in :class:`PackedLoraLayer` → the heads' outputs, cat
-    along the batch axis; with :attr:`PackState.active` = i, copy i on all rows.
+    along the batch axis.
     """
 
     def __init__(self, heads: list[nn.Module], state: PackState) -> None:
@@ -181,9 +205,8 @@ class PackedHead(nn.Module):
         self.state = state
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.state.active is not None:
-            return self.heads[self.state.active](x, *args, **kwargs)
-        parts = [self.heads[i](x[rows], *args, **kwargs) for i, rows in self.state.rows()]
+        rows = self.state.rows(x.shape[0])
+        parts = [self.heads[i](x[r], *args, **kwargs) for i, r in rows]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
@@ -359,8 +382,11 @@ class _Run:
     run_dir: Path
 
 
-def _prepared_runs(cfgs: list[DictConfig], allow_repeats: bool = False) -> list[_Run]:
-    """Validate, canonicalize and prepare every run over one loaded model and data set."""
+def _prepared_runs(
+    cfgs: list[DictConfig], allow_repeats: bool = False, packing: bool = True
+) -> list[_Run]:
+    """Validate, canonicalize and prepare every run over one loaded model and data set
+    (``packing``: refuse runs that cannot share a base pass)."""
     out: list[_Run] = []
     first = None
     for cfg in cfgs:
@@ -374,11 +400,11 @@ def _prepared_runs(cfgs: list[DictConfig], allow_repeats: bool = False) -> list[
             prep = first
         else:
             prep = standalone.prepare(cfg, first.data, first.loaded)
-        if prep.method != "lora":
+        if packing and prep.method != "lora":
             pack_key(cfg)  # raises the one-line PackError
         resolved, run_dir = standalone.resolve_run(cfg, prep)
         out.append(_Run(cfg, prep, resolved, run_dir))
-    keys = {pack_key(r.cfg) for r in out}
+    keys = {(pack_key if packing else _shared_key)(r.cfg) for r in out}
     if len(keys) > 1:
         raise PackError(
             "runs of one pack must share model, task, paths and train settings other than "
@@ -392,15 +418,16 @@ def _prepared_runs(cfgs: list[DictConfig], allow_repeats: bool = False) -> list[
 
 def pending(cfgs: list[DictConfig]) -> list[DictConfig]:
     """The runs of ``cfgs`` not finished yet (Table 5's r resolved from its budget first), each
-    run once (two configs naming one run directory are one run).
+    run once (two configs naming one run directory are one run); full fine-tuning runs too.
 
-    Each group of :func:`pack_key` loads its model once. A run whose directory holds a finished
-    run with the same identity is left out; anything else is kept (the pack's claim then decides).
+    Each group of runs that share model, task and train settings loads its model once. A run
+    whose directory holds a finished run with the same identity is left out; anything else is
+    kept (the training's claim then decides).
     """
     out: list[DictConfig] = []
     seen: set[Path] = set()
-    for group in _groups(cfgs):
-        for r in _prepared_runs(group, allow_repeats=True):
+    for group in _groups(cfgs, _shared_key):
+        for r in _prepared_runs(group, allow_repeats=True, packing=False):
             if r.run_dir in seen:  # e.g. Table 5's Wq at r = 8 is Table 6's Wq at r = 8
                 continue
             seen.add(r.run_dir)
@@ -413,10 +440,10 @@ def pending(cfgs: list[DictConfig]) -> list[DictConfig]:
     return out
 
 
-def _groups(cfgs: list[DictConfig]) -> list[list[DictConfig]]:
+def _groups(cfgs: list[DictConfig], key=pack_key) -> list[list[DictConfig]]:
     groups: dict[str, list[DictConfig]] = {}
     for c in cfgs:
-        groups.setdefault(pack_key(c), []).append(c)
+        groups.setdefault(key(c), []).append(c)
     return list(groups.values())
 
 
@@ -558,13 +585,19 @@ def _train_pack(
     final: dict[str, dict[int, dict[str, float]]] = {}
 
     def evaluate(split: str, step_: int) -> None:
+        packed.state.replicas = list(alive)
+        try:
+            if track.packed_evaluate is not None:
+                results = track.packed_evaluate(model, split, len(alive))
+            else:  # one run's adapter at a time
+                results = []
+                for i in alive:
+                    packed.state.replicas = [i]
+                    results.append(track.evaluate(model, split))
+        finally:
+            packed.state.replicas = None
         final[split] = {}
-        for i in alive:
-            packed.state.active = i
-            try:
-                ev, preds = track.evaluate(model, split)
-            finally:
-                packed.state.active = None
+        for i, (ev, preds) in zip(alive, results, strict=True):
             final[split][i] = ev
             run_dir = pack[i].run_dir
             rec = {"step": step_, "split": split}

@@ -42,24 +42,33 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     precision: str,
-) -> dict[str, float]:
+    copies: int | None = None,
+) -> dict[str, float] | list[dict[str, float]]:
     """Accuracy and mean cross-entropy of a sequence-classification model on one split.
 
     Batches are sorted by length (dynamic padding); the model is put in eval mode and back.
+    ``copies``: each batch is given to the model that many times, stacked along the batch axis
+    (the K adapters of a pack, :mod:`lora_repro.pack`); one metrics dict per copy is returned.
     """
+    c = copies or 1
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    correct, loss_sum = 0, 0.0
+    correct, loss_sum = [0] * c, [0.0] * c
     with eval_mode(model):
         for s in range(0, len(order), batch_size):
             b = order[s : s + batch_size]
             input_ids, mask = pad_batch([ids[i] for i in b], pad_id)
             y = torch.tensor([labels[i] for i in b], device=device)
+            if c > 1:
+                input_ids, mask = input_ids.repeat(c, 1), mask.repeat(c, 1)
             with autocast(device, precision):
                 out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-            logits = out.logits.float()
-            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-    return {"accuracy": correct / len(ids), "loss": loss_sum / len(ids)}
+            for j, logits in enumerate(out.logits.float().split(len(b))):
+                ce = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+                loss_sum[j] += ce.item()
+                correct[j] += (logits.argmax(-1) == y).sum().item()
+    n = len(ids)
+    metrics = [{"accuracy": k / n, "loss": x / n} for k, x in zip(correct, loss_sum, strict=True)]
+    return metrics if copies else metrics[0]
 
 
 @dataclass
@@ -76,6 +85,9 @@ class Track:
             batches stacked along the batch axis (padded to the longest), one forward, each run's
             loss from its own rows (:mod:`lora_repro.pack`); each equals ``batch_loss`` of that
             run's batch.
+        packed_evaluate: ``(model, split, K) -> [(metrics, predictions) of copy 1, ...]``: every
+            evaluation batch given to the model K times, stacked (a pack's K adapters, one per
+            copy); each equals ``evaluate`` of that copy's adapter.
     """
 
     lengths: list[int]
@@ -83,6 +95,19 @@ class Track:
     evaluate: Callable[[Any, str], tuple[dict[str, float], list[str] | None]]
     splits: list[str]
     packed_loss: Callable[[Any, list[list[int]]], list[torch.Tensor]] | None = None
+    packed_evaluate: (
+        Callable[[Any, str, int], list[tuple[dict[str, float], list[str] | None]]] | None
+    ) = None
+
+    @classmethod
+    def of(cls, lengths, batch_loss, evaluate_copies, splits, packed_loss) -> Track:
+        """A track whose ``evaluate_copies(model, split, copies)`` serves both ``evaluate``
+        (one copy) and ``packed_evaluate``."""
+
+        def evaluate(model, split: str):
+            return evaluate_copies(model, split, 1)[0]
+
+        return cls(lengths, batch_loss, evaluate, splits, packed_loss, evaluate_copies)
 
 
 def make_track(cfg: Any, data: TaskData, tok: Any, device: torch.device, prec: str) -> Track:
@@ -141,12 +166,14 @@ def _seq_cls_track(
             o += len(b)
         return out
 
-    def ev(model, split: str):
-        return evaluate(
-            model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, prec
-        ), None
+    def ev(model, split: str, copies: int):
+        metrics = evaluate(
+            model, split_ids[split], labels[split], pad_id, tc.eval_batch_size, device, prec,
+            copies,
+        )  # fmt: skip
+        return [(m, None) for m in metrics]
 
-    return Track([len(x) for x in train_ids], batch_loss, ev, evals, packed_loss)
+    return Track.of([len(x) for x in train_ids], batch_loss, ev, evals, packed_loss)
 
 
 def _lm_batch_loss(train: list, pad_id: int, device: torch.device, precision: str, ls: float):
@@ -204,19 +231,22 @@ def _causal_cls_track(
 
     batch_loss = _lm_batch_loss(train, pad_id, device, prec, ls)
 
-    def ev(model, split: str):
+    def ev(model, split: str, copies: int):
         with eval_mode(model):
             scores = causal.label_scores(
                 model, prompt_ids[split], label_ids, pad_id, tc.eval_batch_size, device,
-                prec, task.max_length, bos,
+                prec, task.max_length, bos, copies,
             )  # fmt: skip
         y = torch.tensor(labels[split])
-        acc = (scores.argmax(-1) == y).double().mean().item()
-        loss = -scores[torch.arange(len(y)), y].mean().item()  # -log p(gold label word | prompt)
-        return {"accuracy": acc, "loss": loss}, None
+        out = []
+        for s in scores:
+            acc = (s.argmax(-1) == y).double().mean().item()
+            loss = -s[torch.arange(len(y)), y].mean().item()  # -log p(gold label word | prompt)
+            out.append(({"accuracy": acc, "loss": loss}, None))
+        return out
 
     packed = _lm_packed_loss(train, pad_id, device, prec, ls)
-    return Track([len(e.ids) for e in train], batch_loss, ev, evals, packed)
+    return Track.of([len(e.ids) for e in train], batch_loss, ev, evals, packed)
 
 
 def _causal_gen_track(cfg, data: GenerationData, tok, device, prec: str, ls: float, evals) -> Track:
@@ -244,17 +274,21 @@ def _causal_gen_track(cfg, data: GenerationData, tok, device, prec: str, ls: flo
 
     batch_loss = _lm_batch_loss(train, pad_id, device, prec, ls)
 
-    def ev(model, split: str):
+    def ev(model, split: str, copies: int):
         ex = loss_examples[split]
         n_tok = sum(len(e.ids) - e.n_prompt for e in ex)
+        bs = tc.eval_batch_size
         with eval_mode(model):
-            logp = causal.sequence_logprobs(model, ex, pad_id, tc.eval_batch_size, device, prec)
+            logp = causal.sequence_logprobs(model, ex, pad_id, bs, device, prec, copies)
             preds = causal.generate(
-                model, tok, gen_prompts[split], task.max_new_tokens, tc.eval_batch_size, device,
-                prec, task.num_beams, task.length_penalty, task.no_repeat_ngram_size,
+                model, tok, gen_prompts[split], task.max_new_tokens, bs, device, prec,
+                task.num_beams, task.length_penalty, task.no_repeat_ngram_size, copies,
             )  # fmt: skip
-        metrics = generation_metrics(list(task.metrics), preds, data.splits[split][1])
-        return {**metrics, "loss": -logp.sum().item() / n_tok}, preds
+        out = []
+        for lp, pr in zip(logp, preds, strict=True):
+            metrics = generation_metrics(list(task.metrics), pr, data.splits[split][1])
+            out.append(({**metrics, "loss": -lp.sum().item() / n_tok}, pr))
+        return out
 
     packed = _lm_packed_loss(train, pad_id, device, prec, ls)
-    return Track([len(e.ids) for e in train], batch_loss, ev, evals, packed)
+    return Track.of([len(e.ids) for e in train], batch_loss, ev, evals, packed)

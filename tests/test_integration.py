@@ -132,6 +132,7 @@ def test_sweep_bad_arguments_exit_2_in_one_line(tmp_path):
             ["--sweep", "nope"],
             "error: unknown sweep 'nope'; choose one of ['paper', 'full', 'full_qv', 'seeds', ",
         ),
+        (["--sweep", "seeds,nope"], "error: unknown sweep 'seeds,nope'; choose one of ['paper', "),
         (["--launcher", "nope"], "error: unknown launcher 'nope'; choose one of ['local', "),
         ([f"paths.results={tmp_path / 'afile'}"], "is a file, not a folder"),
         (["paths.results="], "error: paths.results is empty: give a folder"),

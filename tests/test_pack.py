@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 from torch import nn
 
 from lora_repro import lifecycle, runs
+from lora_repro.errors import LoraReproError
 from lora_repro.lora import LoraConfig, inject_lora, lora_layers
 from lora_repro.models import head_modules, reset_head
 from lora_repro.pack import PackError, fit_pack, inject_pack, passes, plan
@@ -37,16 +38,18 @@ def _standalone(base: nn.Module, cfg: LoraConfig, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     inject_lora(m, cfg, g)
     reset_head(head_modules(m), g)
-    m.classifier.requires_grad_(True)
+    for head in head_modules(m).values():
+        head.requires_grad_(True)
     return m.double()
 
 
-def test_packed_layer_equals_each_run_alone_in_float64():
-    base = build("bert", head="cls").double()
-    alone = [_standalone(base, c, s) for c, s in zip(RUNS, SEEDS, strict=True)]
+def _packed_and_alone(base: nn.Module, runs_=RUNS, seeds=SEEDS):
+    """The K runs ``runs_`` packed into a copy of ``base`` and each alone (standalone LoRA layers
+    and head, :func:`_standalone`), in float64, with the same random non-zero B in both."""
+    alone = [_standalone(base, c, s) for c, s in zip(runs_, seeds, strict=True)]
     packed_model = copy.deepcopy(base)
-    targets = [find_targets(packed_model, list(c.targets), c.layers) for c in RUNS]
-    packed = inject_pack(packed_model, RUNS, targets, SEEDS)
+    targets = [find_targets(packed_model, list(c.targets), c.layers) for c in runs_]
+    packed = inject_pack(packed_model, list(runs_), targets, list(seeds))
     packed_model.double()
     # the same A and head as a standalone run draws from the same seed_init; B made non-zero
     g = torch.Generator().manual_seed(11)
@@ -59,7 +62,14 @@ def test_packed_layer_equals_each_run_alone_in_float64():
                 with torch.no_grad():
                     f.lora_B.copy_(torch.randn(f.lora_B.shape, generator=g, dtype=torch.float64))
                     p.lora_B.copy_(f.lora_B)
-        assert torch.equal(packed.heads[i][0], m.classifier.weight)
+        if hasattr(m, "classifier"):
+            assert torch.equal(packed.heads[i][0], m.classifier.weight)
+    return packed_model, packed, alone
+
+
+def test_packed_layer_equals_each_run_alone_in_float64():
+    base = build("bert", head="cls").double()
+    packed_model, packed, alone = _packed_and_alone(base)
     assert sum(len(f) for f in packed.factors) == 2 * 2 + 4 * 2 + 1
     ids = [input_ids(batch=n, seq=7, seed=i) for i, n in enumerate((2, 3, 1))]
     packed.state.sizes = [2, 3, 1]
@@ -83,11 +93,109 @@ def test_packed_layer_equals_each_run_alone_in_float64():
             packed.heads[i][0].grad, m.classifier.weight.grad, rtol=1e-11, atol=1e-14
         )
     # evaluation mode: one run's adapter and head on every row
-    packed.state.active = 1
+    packed.state.replicas = [1]
     with torch.no_grad():
         got = packed_model(input_ids=ids[0], attention_mask=torch.ones_like(ids[0])).logits
         want = alone[1](input_ids=ids[0], attention_mask=torch.ones_like(ids[0])).logits
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+    # a batch that is not the pack's is refused, not silently split
+    packed.state.replicas = None
+    with pytest.raises(PackError, match="without --pack"):
+        packed_model(input_ids=ids[0], attention_mask=torch.ones_like(ids[0]))
+
+
+def test_packed_evaluation_gives_each_run_its_standalone_metrics():
+    from lora_repro.tracks import evaluate
+
+    base = build("bert", head="cls").double()
+    packed_model, packed, alone = _packed_and_alone(base)
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(4, 50, size=int(n)).tolist() for n in rng.integers(2, 9, size=11)]
+    labels = rng.integers(0, 2, size=11).tolist()
+    args = (ids, labels, 0, 4, torch.device("cpu"), "fp32")
+    packed.state.replicas = [0, 1, 2]
+    got = evaluate(packed_model, *args, copies=3)
+    packed.state.replicas = [2, 0]  # any subset, in any order (runs that failed are left out)
+    sub = evaluate(packed_model, *args, copies=2)
+    for i, m in enumerate(alone):
+        want = evaluate(m, *args)
+        assert got[i]["accuracy"] == want["accuracy"]
+        assert got[i]["loss"] == pytest.approx(want["loss"], rel=1e-12)
+    assert sub[0]["loss"] == pytest.approx(got[2]["loss"], rel=1e-12)
+    assert sub[1]["loss"] == pytest.approx(got[0]["loss"], rel=1e-12)
+    assert len({round(x["loss"], 9) for x in got}) == 3  # three different adapters
+
+
+# Causal-LM runs: different ranks, scalings and weight types; run 2 adapts one layer only
+CAUSAL_RUNS = [
+    LoraConfig(r=4, alpha=8, targets=("q", "v")),
+    LoraConfig(r=2, alpha=2, targets=("k", "o")),
+    LoraConfig(r=8, alpha=8, targets=("v",), layers=(1,)),
+]
+
+
+@pytest.fixture(scope="module")
+def causal_pack():
+    from tests.test_causal import _tiny_llama
+
+    return _packed_and_alone(_tiny_llama(seed=2).double(), CAUSAL_RUNS, [1, 4, 9])
+
+
+def test_causal_lm_packed_loss_is_each_runs_own_loss(causal_pack):
+    from lora_repro.causal import Example
+    from lora_repro.tracks import _lm_batch_loss, _lm_packed_loss
+
+    packed_model, packed, alone = causal_pack
+    train = [Example([1, *range(5, 5 + n), 20, 21][: n + 3], 1 + n % 3) for n in range(2, 9)]
+    batches = [[0, 3], [1, 2, 6], [4]]
+    cpu = torch.device("cpu")
+    packed.state.sizes = [len(b) for b in batches]
+    losses = _lm_packed_loss(train, 0, cpu, "fp32", 0.1)(packed_model, batches)
+    torch.stack(losses).sum().backward()
+    for i, m in enumerate(alone):
+        want = _lm_batch_loss(train, 0, cpu, "fp32", 0.1)(m, batches[i])
+        want.backward()
+        torch.testing.assert_close(losses[i], want, rtol=1e-12, atol=1e-13)
+        mine = {t.key: f for t, f in packed.factors[i]}
+        for layer in lora_layers(m).values():
+            for name, f in layer.factors.items():
+                p = mine[layer.targets[name].key]
+                torch.testing.assert_close(p.lora_B.grad, f.lora_B.grad, rtol=1e-10, atol=1e-13)
+                torch.testing.assert_close(p.lora_A.grad, f.lora_A.grad, rtol=1e-10, atol=1e-13)
+    packed_model.zero_grad()
+
+
+def test_causal_lm_packed_scoring_and_decoding_equal_each_run_alone(causal_pack):
+    from lora_repro import causal
+    from tests.helpers import tiny_text
+
+    packed_model, packed, alone = causal_pack
+    cpu, tok = torch.device("cpu"), tiny_text.tokenizer()
+    prompts = [[1, 5, 6, 7], [1, 8], [1, 9, 10, 11, 12, 13], [1, 14, 15]]
+    words = [[20], [21], [22]]  # one token each: the next-token path
+    long_words = [[20, 23], [21]]  # the general path
+    pairs = [causal.Example(p + [30, 31], len(p)) for p in prompts]
+    packed.state.replicas = [0, 1, 2]
+    try:
+        fast = causal.label_scores(packed_model, prompts, words, 0, 3, cpu, copies=3)
+        slow = causal.label_scores(packed_model, prompts, long_words, 0, 3, cpu, copies=3)
+        seq = causal.sequence_logprobs(packed_model, pairs, 0, 3, cpu, copies=3)
+        greedy = causal.generate(packed_model, tok, prompts, 5, 3, cpu, copies=3)
+        beams = causal.generate(packed_model, tok, prompts, 5, 3, cpu, num_beams=2, copies=3)
+    finally:
+        packed.state.replicas = None
+    assert fast.shape == (3, 4, 3) and slow.shape == (3, 4, 2) and seq.shape == (3, 4)
+    for i, m in enumerate(alone):
+        tol = {"rtol": 1e-10, "atol": 1e-10}
+        torch.testing.assert_close(
+            fast[i], causal.label_scores(m, prompts, words, 0, 3, cpu), **tol
+        )
+        want = causal.label_scores(m, prompts, long_words, 0, 3, cpu)
+        torch.testing.assert_close(slow[i], want, **tol)
+        torch.testing.assert_close(seq[i], causal.sequence_logprobs(m, pairs, 0, 3, cpu), **tol)
+        assert greedy[i] == causal.generate(m, tok, prompts, 5, 3, cpu)
+        assert beams[i] == causal.generate(m, tok, prompts, 5, 3, cpu, num_beams=2)
+    assert not torch.allclose(seq[0], seq[1])  # the copies went through different adapters
 
 
 def test_packed_lora_dropout_draws_from_each_runs_own_generator():
@@ -259,10 +367,83 @@ def test_sweep_pack_expands_each_grid_with_the_command_line_overrides():
     assert all(c.count("train.max_steps=5") == 1 for c in combos)
 
 
+def test_a_sweep_names_the_paper_grids_one_grid_or_a_comma_list():
+    from experiments.sweep import PAPER, grids
+
+    assert grids("paper") == PAPER and grids("table6") == ["table6"]
+    assert grids("table5,table6,subspace,seeds") == PAPER[:4]
+    assert grids("seeds,paper") == ["seeds", *[g for g in PAPER if g != "seeds"]]
+    assert grids("seeds,nope") is None and grids("") is None
+
+
 def test_sweep_pack_refuses_a_bad_pack_size_in_one_line(tmp_path, capsys):
     from experiments.sweep import main
 
     assert main(["--pack", "--pack-size", "0", f"paths.results={tmp_path}"]) == 2
     assert "--pack-size" in capsys.readouterr().err
-    assert main(["--pack", "--launcher", "slurm", f"paths.results={tmp_path}"]) == 2
-    assert "--launcher local" in capsys.readouterr().err
+    assert main(["--pack", "--pack-tokens", "0", f"paths.results={tmp_path}"]) == 2
+    assert "--pack-tokens" in capsys.readouterr().err
+
+
+# Few steps on a small validation and test split: the sweep's plumbing, not the training
+SHORT = [
+    "train.max_steps=3",
+    "train.batch_size=8",
+    "task.val_fraction=0.02",
+    "task.test_fraction=0.02",
+    "train.progress=false",
+]
+
+
+@pytest.mark.slow
+def test_sweep_pack_plans_the_paper_grid_into_packs_and_full_fine_tuning_jobs(tmp_path: Path):
+    from experiments.pack_job import describe
+    from experiments.packs import jobs
+    from experiments.sweep import PAPER
+
+    todo = jobs(PAPER, [f"paths.results={tmp_path}", *SHORT], 8, None)
+    kinds = [[c.adapter.method for c in job] for job in todo]
+    assert kinds == [["lora"] * 8, ["lora"] * 8, ["lora"] * 4, ["full"]]
+    # Table 5's Wq at its budget's r = 8 is Table 6's Wq at r = 8: trained once
+    assert len({describe(c) for job in todo for c in job}) == 21
+    assert sum("targets=[q] " in describe(c) and "r=8" in describe(c) for j in todo for c in j) == 0
+    assert [len(j) for j in jobs(PAPER, [f"paths.results={tmp_path}", *SHORT], 3, None)] == [
+        3, 3, 3, 3, 3, 3, 2, 1,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sweep_pack_trains_each_pack_as_one_job_and_resumes(tmp_path: Path, capsys):
+    from experiments.sweep import main
+
+    results = tmp_path / "results"
+    argv = ["--sweep", "seeds", "--pack", f"paths.results={results}", *SHORT]
+    assert main(argv) == 0
+    finished = runs.find_runs(results)
+    assert sorted(d.name for d in finished) == ["seed0", "seed1"]
+    for d in finished:
+        (other,) = [str(x) for x in finished if x != d]
+        assert runs.read_json(d / "meta.json")["packed_with"] == [other]
+        assert runs.read_json(d / "summary.json")["val_accuracy"] > 0
+    assert (results / "index.parquet").exists()
+    (manifest,) = (results / ".hydra" / "packed").glob("*/manifest.yaml")
+    capsys.readouterr()
+    assert main(argv) == 0  # everything finished: no job is launched
+    out = capsys.readouterr().out
+    assert "0 run(s) to train" in out and "experiments.pack_job" not in out
+    assert len(list((results / ".hydra" / "packed").glob("*/manifest.yaml"))) == 1
+
+
+@pytest.mark.slow
+def test_a_full_fine_tuning_job_of_a_packed_sweep_trains_alone(tmp_path: Path):
+    from experiments.pack_job import read_job, train_job, write_manifest
+    from experiments.packs import jobs
+
+    (job,) = jobs(["full_qv"], [f"paths.results={tmp_path}", "seed=0", *SHORT], 8, None)
+    manifest = write_manifest(tmp_path / "manifest.yaml", [job])
+    assert train_job(read_job(manifest, 0)) == []
+    (d,) = runs.find_runs(tmp_path)
+    assert d.parent.name == "q_v-full" and (d / runs.DELTA_FILE).exists()
+    assert "packed_with" not in runs.read_json(d / "meta.json")
+    with pytest.raises(LoraReproError, match="rerun experiments.sweep --pack"):
+        read_job(manifest, 3)

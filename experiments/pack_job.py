@@ -1,0 +1,104 @@
+"""One job of a packed sweep: a pack of LoRA runs (or one full fine-tuning run) of a manifest.
+
+    python -m experiments.pack_job -m manifest=<manifest.yaml> job=0,1,2 hydra/launcher=slurm
+
+``experiments.sweep --pack`` plans the packs, writes their resolved run configs to a manifest
+(:func:`write_manifest`) and launches this app as a Hydra multirun over the jobs with the sweep's
+launcher: in turn in one process (``local``, the base model loaded once), in parallel processes,
+or one Slurm job per pack. Job i trains ``jobs[i]`` with :func:`lora_repro.pack.fit_pack`, or a
+full fine-tuning run alone with :func:`lora_repro.train.fit` (it is never packed). A failed run
+is recorded in its run directory and in the sweep's failure log; the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.sweep import FAILURE_LOG_ENV
+from lora_repro import runs
+from lora_repro.errors import LoraReproError
+
+log = logging.getLogger("lora_repro")
+
+
+def write_manifest(path: Path, jobs: list[list[Any]]) -> Path:
+    """Write ``jobs`` (per job, its run configs) atomically as YAML, every value resolved."""
+    resolved = [[OmegaConf.to_container(c, resolve=True) for c in job] for job in jobs]
+    return runs.atomic_write_yaml(path, {"jobs": resolved})
+
+
+def read_job(manifest: str | Path, job: int) -> list[DictConfig]:
+    """The run configs of job ``job`` of ``manifest``.
+
+    Raises:
+        LoraReproError: the manifest is missing or damaged, or has no job ``job``.
+    """
+    try:
+        jobs = OmegaConf.load(manifest).jobs
+        return [OmegaConf.create(OmegaConf.to_container(c)) for c in jobs[int(job)]]
+    except (OSError, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise LoraReproError(
+            f"cannot read job {job} of the pack manifest {manifest} ({type(e).__name__}: {e}); "
+            "rerun experiments.sweep --pack, which writes a new one"
+        ) from e
+
+
+def describe(cfg: Any) -> str:
+    """One run as the sweep prints it: grid, weight types, rank (or budget, or full), seed."""
+    a = cfg.adapter
+    r = "full" if a.method == "full" else f"r={a.r}" if a.budget is None else f"budget={a.budget}"
+    return f"sweep={cfg.sweep} targets=[{','.join(a.targets)}] {r} seed={cfg.seed}"
+
+
+def train_job(cfgs: list[DictConfig]) -> list[tuple[str, str]]:
+    """Train one job; returns the failed runs as ``(describe(run), error)``.
+
+    Raises:
+        lifecycle.Interrupted, KeyboardInterrupt: a stop signal (the unfinished runs are marked
+            failed by the training code).
+    """
+    from lora_repro.pack import fit_pack
+    from lora_repro.train import fit
+
+    log.info("job of %d run(s): %s", len(cfgs), "; ".join(describe(c) for c in cfgs))
+    try:
+        if len(cfgs) == 1 and cfgs[0].adapter.method == "full":
+            fit(cfgs[0])
+            return []
+        done = fit_pack(cfgs)
+    except LoraReproError as e:
+        return [(describe(c), f"{type(e).__name__}: {e}") for c in cfgs]
+    failed = [c for c, summary in zip(cfgs, done, strict=True) if summary is None]
+    return [(describe(c), "failed (see its status.json)") for c in failed]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="pack_job")
+def main(cfg: DictConfig) -> int:
+    from lora_repro.lifecycle import Interrupted, exit_code
+
+    try:
+        failed = train_job(read_job(cfg.manifest, cfg.job))
+    except KeyboardInterrupt:
+        log.error("interrupted: unfinished runs are marked failed; rerun the sweep to redo them")
+        sys.exit(130)
+    except Interrupted as e:
+        log.error("%s: unfinished runs are marked failed; rerun the sweep to redo them", e)
+        sys.exit(exit_code(e.signum))
+    except LoraReproError as e:  # a damaged manifest
+        failed = [(f"job {cfg.job}", f"{type(e).__name__}: {e}")]
+    for run, error in failed:
+        log.error("run failed: %s: %s", run, error)
+        if os.environ.get(FAILURE_LOG_ENV):
+            runs.append_jsonl(os.environ[FAILURE_LOG_ENV], {"overrides": [run], "error": error})
+    return len(failed)
+
+
+if __name__ == "__main__":
+    main()
