@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     delta = _delta_bench(k, args.batch_size)
     payload = {
+        "bench": "pack_step",
         "k": k,
         "runs": [f"{','.join(t)} r={r}" for t, r, _ in RUNS[:k]],
         "batch_size": args.batch_size,

@@ -10,6 +10,9 @@ at the end. Quick defaults, a few minutes on a 2-core machine:
 * ``train_step``: 5 repetitions × 6 steps per variant, interleaved; memory in fresh processes.
 * ``pack_step``: one step of a pack of K = 4 mixed LoRA runs against the K steps alone
   (``lora_repro.pack``), and the padding it costs.
+* ``pack_grid``: the paper's LoRA grids (20 runs) trained sequentially and packed, end to end,
+  at 4 steps on 5 % validation / test splits (``--pack-grid-args "--sweep-args
+  train.max_steps=200"`` for full length, about an hour each way on a 2-core CPU).
 * ``analysis_scale``: dense SVD at n = 1024 and 2048 (at 12288 only with ``--dense-full`` in
   ``--analysis-args``); the report timed on 16 layers × 4 types and scaled to 96 × 4 (every
   module has the same shape; ``--analysis-args "--layers 96"`` times all 384). BLAS uses all
@@ -28,10 +31,16 @@ import time
 
 from bench import common
 
-BENCHES: tuple[str, ...] = ("train_step", "pack_step", "analysis_scale", "sweep_time", "gpu")
+BENCHES: tuple[str, ...] = (
+    "train_step", "pack_step", "pack_grid", "analysis_scale", "sweep_time", "gpu",
+)  # fmt: skip
 QUICK: dict[str, list[str]] = {
     "train_step": [],
     "pack_step": [],
+    "pack_grid": [
+        "--sweep-args",
+        "train.max_steps=4 task.val_fraction=0.05 task.test_fraction=0.05",
+    ],
     "analysis_scale": ["--layers", "16"],
     "sweep_time": [],
     "gpu": [],
@@ -52,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, flag in (
         ("train_step", "--train-args"),
         ("pack_step", "--pack-args"),
+        ("pack_grid", "--pack-grid-args"),
         ("analysis_scale", "--analysis-args"),
         ("sweep_time", "--sweep-args"),
         ("gpu", "--gpu-args"),
@@ -61,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {
         "train_step": args.train_args,
         "pack_step": args.pack_args,
+        "pack_grid": args.pack_grid_args,
         "analysis_scale": args.analysis_args,
         "sweep_time": args.sweep_args,
         "gpu": args.gpu_args,

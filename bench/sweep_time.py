@@ -105,14 +105,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_sweep(sweep: str, launcher: str, extra: list[str], out_dir: Path) -> dict[str, Any]:
-    """Run ``experiments.sweep`` into ``out_dir`` and time it end to end."""
+def run_sweep(
+    sweep: str, launcher: str, extra: list[str], out_dir: Path, flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run ``experiments.sweep`` (with ``flags``, e.g. ``--pack``) into ``out_dir`` and time it
+    end to end."""
     cmd = common.python_cmd(
         "experiments.sweep",
         "--sweep",
         sweep,
         "--launcher",
         launcher,
+        *flags,
         f"paths.results={out_dir}",
         "train.progress=false",
         *extra,

