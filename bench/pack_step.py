@@ -11,7 +11,10 @@ packed ÷ (sum of the K standalone steps), per repetition and as the median. Als
 * the padding the stacking costs: padded tokens of the packed batches (each padded to the pack's
   longest) over those of the K standalone batches (each to its own longest), over 200 steps;
 * the adapters' delta s·B·A·x of K runs as a loop over runs against one batched matmul with
-  ranks padded to the largest (forward + backward, Wq's shape), the choice PackedLoraLayer makes.
+  ranks padded to the largest (forward + backward, Wq's shape), the choice PackedLoraLayer makes;
+* evaluation of the validation split: the K adapters batched (every batch stacked K times,
+  :attr:`lora_repro.tracks.Track.packed_evaluate`) against each run's standalone evaluation,
+  ``--eval-reps`` times each, alternating (0: not measured).
 
 Writes ``<results>/bench/pack_step.json``.
 """
@@ -33,7 +36,15 @@ RUNS = [
 ]
 
 
-def _cfg(targets: list[str], r: int, alpha: float, seed: int, batch_size: int, steps: int) -> Any:
+def _cfg(
+    targets: list[str],
+    r: int,
+    alpha: float,
+    seed: int,
+    batch_size: int,
+    steps: int,
+    val_fraction: float | None = None,
+) -> Any:
     from omegaconf import OmegaConf
 
     from bench.train_step import model_config, task_config
@@ -42,6 +53,8 @@ def _cfg(targets: list[str], r: int, alpha: float, seed: int, batch_size: int, s
     cfg = OmegaConf.structured(RunConfig)
     cfg.model = model_config("minilm")
     cfg.task = task_config("rotten_tomatoes")
+    if val_fraction is not None:
+        cfg.task.val_fraction = val_fraction
     cfg.adapter.targets, cfg.adapter.r, cfg.adapter.alpha = targets, r, alpha
     cfg.seed = seed
     cfg.train.batch_size, cfg.train.max_steps = batch_size, steps
@@ -61,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-reps", type=int, default=1, help="evaluation timings per variant")
+    p.add_argument(
+        "--val-fraction", type=float, default=None, help="validation split size (default: task's)"
+    )
     p.add_argument(
         "--slack",
         type=float,
@@ -71,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     k = min(args.k, len(RUNS))
     total_steps = args.steps * args.reps * 2 + 10
     cfgs = [
-        _cfg(t, r, a, seed, args.batch_size, total_steps) for seed, (t, r, a) in enumerate(RUNS[:k])
+        _cfg(t, r, a, seed, args.batch_size, total_steps, args.val_fraction)
+        for seed, (t, r, a) in enumerate(RUNS[:k])
     ]
     preps = [train.prepare(cfgs[0])]
     preps += [train.prepare(c, preps[0].data, preps[0].loaded) for c in cfgs[1:]]
@@ -151,6 +169,25 @@ def main(argv: list[str] | None = None) -> int:
     steps_counted = min(200, min(len(s) for s in streams))
 
     delta = _delta_bench(k, args.batch_size)
+
+    def eval_packed() -> None:
+        packed.state.replicas = list(range(k))
+        try:
+            track.packed_evaluate(pm, "validation", k)
+        finally:
+            packed.state.replicas = None
+
+    def eval_alone() -> None:
+        for t in alone:
+            track.evaluate(t.model, "validation")
+
+    evals: dict[str, list[float]] = {"packed": [], "sequential": []}
+    for rep in range(args.eval_reps):
+        order = [("packed", eval_packed), ("sequential", eval_alone)]
+        for name, fn in order if rep % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            evals[name].append(time.perf_counter() - t0)
     payload = {
         "bench": "pack_step",
         "k": k,
@@ -166,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         "padded_tokens_one_pass_over_alone": one_pass / pad_alone,
         "padding_fraction": {"packed": 1 - real / pad_packed, "alone": 1 - real / pad_alone},
         "delta_ms": delta,
+        "eval_s": evals,
+        "eval_ratio_packed_over_sequential": (
+            statistics.median(evals["packed"]) / statistics.median(evals["sequential"])
+            if args.eval_reps
+            else None
+        ),
         "machine": common.machine_info(),
     }
     common.write_result(args.results, "pack_step", payload)
@@ -232,6 +275,14 @@ def render(payload: dict[str, Any]) -> str:
         f"delta s·B·A·x of K runs, fwd+bwd: loop {payload['delta_ms']['loop']:.2f} ms, "
         f"batched (ranks padded) {payload['delta_ms']['batched']:.2f} ms",
     ]
+    ev = payload.get("eval_s") or {}
+    if ev.get("packed"):
+        lines.append(
+            f"evaluation of the validation split, K adapters batched: "
+            f"{statistics.median(ev['packed']):.2f} s; one by one: "
+            f"{statistics.median(ev['sequential']):.2f} s; ratio "
+            f"{payload['eval_ratio_packed_over_sequential']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -89,7 +89,7 @@ def test_train_step_all_variants(tmp_path, capsys):
 @pytest.mark.slow
 def test_pack_step_times_a_pack_against_its_runs_alone(tmp_path, capsys):
     args = ["--results", str(tmp_path), "--k", "2", "--steps", "1", "--reps", "2"]
-    assert pack_step.main([*args, "--batch-size", "4"]) == 0
+    assert pack_step.main([*args, "--batch-size", "4", "--val-fraction", "0.02"]) == 0
     out = _read(tmp_path, "pack_step")
     assert out["k"] == 2 and len(out["ratio_packed_over_sequential"]) == 2
     assert all(x > 0 for v in out["ms_per_step"].values() for x in v)
@@ -100,7 +100,12 @@ def test_pack_step_times_a_pack_against_its_runs_alone(tmp_path, capsys):
     # padding: a pass never pads more than its slack allows over the runs padded alone
     assert 1.0 <= out["padded_tokens_packed_over_alone"] <= 1.0 + out["slack"] + 1e-9
     assert out["padded_tokens_one_pass_over_alone"] >= out["padded_tokens_packed_over_alone"]
-    assert "packed ÷ sequential per repetition" in capsys.readouterr().out
+    assert len(out["eval_s"]["packed"]) == len(out["eval_s"]["sequential"]) == 1
+    assert out["eval_ratio_packed_over_sequential"] == pytest.approx(
+        out["eval_s"]["packed"][0] / out["eval_s"]["sequential"][0]
+    )
+    text = capsys.readouterr().out
+    assert "packed ÷ sequential per repetition" in text and "K adapters batched" in text
 
 
 @pytest.mark.slow
