@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +80,11 @@ def train_job(cfgs: list[DictConfig]) -> list[tuple[str, str]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pack_job")
 def main(cfg: DictConfig) -> int:
-    from lora_repro.lifecycle import Interrupted, exit_code
+    from experiments.train import exit_when_stopped
 
     try:
-        failed = train_job(read_job(cfg.manifest, cfg.job))
-    except KeyboardInterrupt:
-        log.error("interrupted: unfinished runs are marked failed; rerun the sweep to redo them")
-        sys.exit(130)
-    except Interrupted as e:
-        log.error("%s: unfinished runs are marked failed; rerun the sweep to redo them", e)
-        sys.exit(exit_code(e.signum))
+        with exit_when_stopped("unfinished runs are marked failed; rerun the sweep to redo them"):
+            failed = train_job(read_job(cfg.manifest, cfg.job))
     except LoraReproError as e:  # a damaged manifest
         failed = [(f"job {cfg.job}", f"{type(e).__name__}: {e}")]
     for run, error in failed:

@@ -11,9 +11,11 @@ All logic lives in :func:`lora_repro.train.fit`; this file only composes the con
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -30,20 +32,30 @@ ConfigStore.instance().store(name="run_schema", node=RunConfig)
 log = logging.getLogger("lora_repro")
 
 
+@contextlib.contextmanager
+def exit_when_stopped(marked: str) -> Iterator[None]:
+    """Ctrl-C or a stop signal inside: log it in one line (``marked``: what the training code
+    marked failed, and how to redo it) and exit 130, or 128 + N after signal N."""
+    from lora_repro.lifecycle import Interrupted, exit_code
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        log.error("interrupted: %s", marked)
+        sys.exit(130)
+    except Interrupted as e:
+        log.error("%s: %s", e, marked)
+        sys.exit(exit_code(e.signum))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from lora_repro.lifecycle import Interrupted, exit_code
     from lora_repro.train import fit
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        summary = fit(cfg)
-    except KeyboardInterrupt:
-        log.error("interrupted: the run is marked failed; rerun the same command to redo it")
-        sys.exit(130)
-    except Interrupted as e:
-        log.error("%s: the run is marked failed; rerun the same command to redo it", e)
-        sys.exit(exit_code(e.signum))
+        with exit_when_stopped("the run is marked failed; rerun the same command to redo it"):
+            summary = fit(cfg)
     except LoraReproError as e:  # bad input: one line; the status file says failed
         if multirun:  # keep the sweep going; experiments.sweep reports failed runs at the end
             log.error("run failed: %s: %s", type(e).__name__, e)

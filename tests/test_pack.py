@@ -67,6 +67,16 @@ def _packed_and_alone(base: nn.Module, runs_=RUNS, seeds=SEEDS):
     return packed_model, packed, alone
 
 
+def _assert_same_factor_grads(packed, run: int, alone: nn.Module, **tol) -> None:
+    """Run ``run``'s A and B gradients in the pack equal those of the same run alone."""
+    mine = {t.key: f for t, f in packed.factors[run]}
+    for layer in lora_layers(alone).values():
+        for name, f in layer.factors.items():
+            p = mine[layer.targets[name].key]
+            torch.testing.assert_close(p.lora_A.grad, f.lora_A.grad, **tol)
+            torch.testing.assert_close(p.lora_B.grad, f.lora_B.grad, **tol)
+
+
 def test_packed_layer_equals_each_run_alone_in_float64():
     base = build("bert", head="cls").double()
     packed_model, packed, alone = _packed_and_alone(base)
@@ -83,12 +93,7 @@ def test_packed_layer_equals_each_run_alone_in_float64():
             ref, torch.zeros(n, dtype=torch.long), reduction="sum"
         ).backward()
         torch.testing.assert_close(out[rows[i]], ref, rtol=1e-12, atol=1e-13)
-        mine = {t.key: f for t, f in packed.factors[i]}
-        for layer in lora_layers(m).values():
-            for name, f in layer.factors.items():
-                p = mine[layer.targets[name].key]
-                torch.testing.assert_close(p.lora_A.grad, f.lora_A.grad, rtol=1e-11, atol=1e-14)
-                torch.testing.assert_close(p.lora_B.grad, f.lora_B.grad, rtol=1e-11, atol=1e-14)
+        _assert_same_factor_grads(packed, i, m, rtol=1e-11, atol=1e-14)
         torch.testing.assert_close(
             packed.heads[i][0].grad, m.classifier.weight.grad, rtol=1e-11, atol=1e-14
         )
@@ -156,12 +161,7 @@ def test_causal_lm_packed_loss_is_each_runs_own_loss(causal_pack):
         want = _lm_batch_loss(train, 0, cpu, "fp32", 0.1)(m, batches[i])
         want.backward()
         torch.testing.assert_close(losses[i], want, rtol=1e-12, atol=1e-13)
-        mine = {t.key: f for t, f in packed.factors[i]}
-        for layer in lora_layers(m).values():
-            for name, f in layer.factors.items():
-                p = mine[layer.targets[name].key]
-                torch.testing.assert_close(p.lora_B.grad, f.lora_B.grad, rtol=1e-10, atol=1e-13)
-                torch.testing.assert_close(p.lora_A.grad, f.lora_A.grad, rtol=1e-10, atol=1e-13)
+        _assert_same_factor_grads(packed, i, m, rtol=1e-10, atol=1e-13)
     packed_model.zero_grad()
 
 

@@ -140,7 +140,10 @@ def test_cpuinfo_parsing():
     )
     model, flags = precision._parse_cpuinfo(text)
     assert model == "Test EPYC 9999" and flags == ("sse4_2", "avx2", "fma", "avx512_bf16")
-    assert precision._parse_cpuinfo("processor : 0\nFeatures : fp asimd bf16\n")[1] == ("bf16", "asimd")
+    assert precision._parse_cpuinfo("processor : 0\nFeatures : fp asimd bf16\n")[1] == (
+        "bf16",
+        "asimd",
+    )
     assert precision._parse_cpuinfo(None) == (None, None)
 
 

