@@ -81,6 +81,14 @@ def compare(seq: dict[str, dict[str, float]], packed: dict[str, dict[str, float]
     return out
 
 
+def index_columns(results: Path) -> list[str] | None:
+    """The columns of ``results``/index.csv (what the tables are built from), or ``None``."""
+    path = results / "index.csv"
+    if not path.exists():
+        return None
+    return path.read_text(encoding="utf-8").splitlines()[0].split(",")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both sweeps, print the table, write ``<results>/bench/pack_grid.json``."""
     p = common.parser(__doc__)
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         timed[name]["sum_train_s"] = sum(r["train_s"] for r in rows)
         timed[name]["sum_eval_s"] = sum(r["eval_s"] for r in rows)
         metrics[name] = metrics_by_run(folder)
+        timed[name]["index_columns"] = index_columns(folder)
     seq, packed = timed["sequential"], timed["packed"]
     payload = {
         "bench": NAME,
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "packed": packed,
         "ratio_wall_packed_over_sequential": packed["wall_s"] / seq["wall_s"],
         "metrics": compare(metrics["sequential"], metrics["packed"]),
+        "same_index_columns": (
+            seq["index_columns"] is not None and seq["index_columns"] == packed["index_columns"]
+        ),
         "seed_noise": seed_noise(Path(args.noise_from)) if args.noise_from else None,
         "targets": {"wall_ratio": common.target(packed["wall_s"] / seq["wall_s"], 1.0)},
     }
@@ -164,6 +176,10 @@ def render(payload: dict[str, Any]) -> str:
             f"{m}, |packed − sequential| over {cmp_['runs_compared']} runs: median "
             f"{c['median_abs_diff']:.4f}, max {c['max_abs_diff']:.4f}{sd}"
         )
+    lines.append(
+        "index columns: "
+        + ("the same both ways" if payload.get("same_index_columns") else "DIFFERENT")
+    )
     if cmp_["only_one_way"]:
         lines.append(f"runs finished one way only: {cmp_['only_one_way']}")
     return "\n".join(lines)

@@ -121,6 +121,7 @@ def test_pack_grid_trains_a_grid_both_ways_and_compares(tmp_path, capsys):
     )
     m = out["metrics"]
     assert m["runs_compared"] == 2 and m["only_one_way"] == []
+    assert out["same_index_columns"] and "val_accuracy" in out["packed"]["index_columns"]
     assert 0 <= m["val_accuracy"]["max_abs_diff"] <= 1
     assert "packed ÷ sequential wall time" in capsys.readouterr().out
 
