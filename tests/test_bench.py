@@ -149,6 +149,17 @@ def test_pack_grid_seed_noise_and_comparison_on_made_up_runs(tmp_path):
     assert c["val_accuracy"]["max_abs_diff"] == pytest.approx(0.01)
 
 
+def test_pack_grid_counts_a_packs_time_once(tmp_path):
+    root = tmp_path / "runs" / "rotten_tomatoes" / "minilm"
+    for name in ("q-r8-a8", "v-r8-a8"):  # a pack of two: each records the pack's 8 s + 1 s
+        _fake_run(tmp_path, name, "table5", wall=10.0, setup=1.0, train=8.0, ev=1.0)
+    _fake_run(tmp_path, "q_v-r8-a8", "table6", wall=5.0, setup=1.0, train=3.0, ev=0.5)  # alone
+    a, b = root / "q-r8-a8" / "seed0", root / "v-r8-a8" / "seed0"
+    runs.atomic_write_json(a / runs.META_FILE, {"packed_with": [str(b)]})
+    runs.atomic_write_json(b / runs.META_FILE, {"packed_with": [str(a)]})
+    assert pack_grid.process_times(tmp_path) == {"train_s": 11.0, "eval_s": 1.5}
+
+
 def test_floor_reaches_layer_0_without_weight_gradients():
     import torch
 
