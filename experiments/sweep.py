@@ -3,8 +3,9 @@
     python -m experiments.sweep --sweep paper --launcher local [hydra overrides ...]
 
 ``--sweep`` is a file in ``conf/sweep/`` (table5, table6, subspace, seeds, full, full_qv),
-``paper`` (the union of the first four and full_qv), or a comma list of them. A run is identified by its config, not by the grid that asked for it: a run that two
-grids share is trained once, and every run that already finished is skipped, so rerunning a sweep
+``paper`` (the union of the first four and full_qv), or a comma list of them. A run is
+identified by its config, not by the grid that asked for it: a run that two grids share is
+trained once, and every run that already finished is skipped, so rerunning a sweep
 trains nothing and a killed sweep resumes where it stopped. ``--launcher`` is a file in
 ``conf/hydra/launcher/`` (local, parallel, slurm) or hydra-submitit-launcher's own
 ``submitit_local``: the run code never knows it.
@@ -143,19 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         commands = [("packed", packed)] if packed else []
     else:
         commands = [
-            (
-                name,
-                [
-                    "-m",
-                    "experiments.train",
-                    "-m",
-                    f"+sweep={name}",
-                    f"hydra/launcher={args.launcher}",
-                    *args.overrides,
-                ],
-            )  # fmt: skip
+            (name, ["-m", "experiments.train", "-m", f"+sweep={name}",
+                    f"hydra/launcher={args.launcher}", *args.overrides])
             for name in names
-        ]
+        ]  # fmt: skip
     for name, argv in commands:
         cmd = [sys.executable, *argv]
         print(f"== sweep {name}: {' '.join(cmd[1:])}", flush=True)
