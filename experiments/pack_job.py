@@ -7,7 +7,9 @@
 launcher: in turn in one process (``local``, the base model loaded once), in parallel processes,
 or one Slurm job per pack. Job i trains ``jobs[i]`` with :func:`lora_repro.pack.fit_pack`, or a
 full fine-tuning run alone with :func:`lora_repro.train.fit` (it is never packed). A failed run
-is recorded in its run directory and in the sweep's failure log; the other jobs go on.
+is recorded in its run directory and in the sweep's failure log (``experiments.sweep`` then exits
+1 and lists it); the other runs of the pack and the other jobs go on. Run by hand, a job logs
+its failures in one line each, and the multirun still exits 0, as Hydra's multiruns do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.sweep import FAILURE_LOG_ENV
 from lora_repro import runs
@@ -33,20 +36,45 @@ def write_manifest(path: Path, jobs: list[list[Any]]) -> Path:
     return runs.atomic_write_yaml(path, {"jobs": resolved})
 
 
-def read_job(manifest: str | Path, job: int) -> list[DictConfig]:
-    """The run configs of job ``job`` of ``manifest``.
+REQUIRED = ("model", "task", "adapter", "train", "paths", "seed")
+
+
+def read_job(manifest: str | Path, job: Any) -> list[DictConfig]:
+    """The run configs of job ``job`` of ``manifest``, each checked against the run schema.
 
     Raises:
         LoraReproError: the manifest is missing or damaged, or has no job ``job``.
     """
-    try:
-        jobs = OmegaConf.load(manifest).jobs
-        return [OmegaConf.create(OmegaConf.to_container(c)) for c in jobs[int(job)]]
-    except (OSError, ValueError, IndexError, KeyError, AttributeError) as e:
-        raise LoraReproError(
-            f"cannot read job {job} of the pack manifest {manifest} ({type(e).__name__}: {e}); "
+    from omegaconf.errors import OmegaConfBaseException
+
+    import experiments.train  # noqa: F401  (registers the structured-config schema)
+    from lora_repro.config import RunConfig
+
+    def bad(why: str) -> LoraReproError:
+        return LoraReproError(
+            f"cannot read job {job} of the pack manifest {manifest}: {why}; "
             "rerun experiments.sweep --pack, which writes a new one"
-        ) from e
+        )
+
+    try:
+        index = int(job)
+        jobs = OmegaConf.load(manifest).get("jobs")
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
+        raise bad(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(jobs, ListConfig) or not 0 <= index < len(jobs):
+        raise bad(
+            f"it holds no job {job} (jobs 0 .. {len(jobs) - 1 if isinstance(jobs, ListConfig) else -1})"
+        )
+    out = []
+    for c in jobs[index] if isinstance(jobs[index], ListConfig) else [None]:
+        missing = [k for k in REQUIRED if not isinstance(c, DictConfig) or k not in c]
+        if missing:
+            raise bad(f"a run config lacks {', '.join(missing)}")
+        try:
+            out.append(OmegaConf.merge(OmegaConf.structured(RunConfig), c))
+        except OmegaConfBaseException as e:
+            raise bad(f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return out
 
 
 def describe(cfg: Any) -> str:
@@ -71,11 +99,15 @@ def train_job(cfgs: list[DictConfig]) -> list[tuple[str, str]]:
         if len(cfgs) == 1 and cfgs[0].adapter.method == "full":
             fit(cfgs[0])
             return []
-        done = fit_pack(cfgs)
-    except LoraReproError as e:
+        errors: dict[int, str] = {}
+        done = fit_pack(cfgs, errors)
+    except LoraReproError as e:  # the pack as a whole (a bad config, runs that cannot share)
         return [(describe(c), f"{type(e).__name__}: {e}") for c in cfgs]
-    failed = [c for c, summary in zip(cfgs, done, strict=True) if summary is None]
-    return [(describe(c), "failed (see its status.json)") for c in failed]
+    return [
+        (describe(c), errors.get(i, "failed (see its status.json)"))
+        for i, (c, summary) in enumerate(zip(cfgs, done, strict=True))
+        if summary is None
+    ]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pack_job")

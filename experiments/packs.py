@@ -47,6 +47,7 @@ def combinations(grid: str, overrides: list[str]) -> list[list[str]]:
 def configs(grids: list[str], overrides: list[str]) -> list[Any]:
     """The composed run configs of ``grids`` (a run two grids share appears once)."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     import experiments.train  # noqa: F401  (registers the structured-config schema)
     from lora_repro import lifecycle
@@ -59,7 +60,13 @@ def configs(grids: list[str], overrides: list[str]) -> list[Any]:
                 cfg = compose(config_name="train", overrides=[f"+sweep={grid}", *combo])
                 _canonicalize(cfg)
                 a = cfg.adapter
-                key = (str(cfg.paths.results), str(lifecycle.run_dir_for(cfg, a.r)), a.budget)
+                # the same run when two grids ask for it: same folder and the same identity (a
+                # swept key the folder name leaves out, e.g. train.lr, makes another run)
+                ident = lifecycle.identity(OmegaConf.to_container(cfg, resolve=True))
+                key = (
+                    str(cfg.paths.results), str(lifecycle.run_dir_for(cfg, a.r)), a.budget,
+                    yaml.safe_dump(ident, sort_keys=True),
+                )  # fmt: skip
                 if key not in seen:
                     seen.add(key)
                     out.append(cfg)
@@ -68,9 +75,10 @@ def configs(grids: list[str], overrides: list[str]) -> list[Any]:
 
 def jobs(
     grids: list[str], overrides: list[str], pack_size: int, max_tokens: int | None
-) -> list[list[Any]]:
+) -> tuple[list[list[Any]], list[tuple[Any, str]]]:
     """The jobs of a packed sweep: the packs of the pending LoRA runs (:func:`lora_repro.pack.plan`),
-    then each pending full fine-tuning run alone.
+    then each pending full fine-tuning run alone; and the runs not trained for a conflict, each
+    with its one-line error (:func:`lora_repro.pack.pending`).
 
     Raises:
         LoraReproError: a bad --pack-size / --pack-tokens, or a grid's bad config.
@@ -78,7 +86,7 @@ def jobs(
     from lora_repro import pack
 
     cfgs = configs(grids, overrides)
-    todo = pack.pending(cfgs)
+    todo, conflicts = pack.pending(cfgs)
     lora = [c for c in todo if c.adapter.method != "full"]
     full = [[c] for c in todo if c.adapter.method == "full"]
-    return pack.plan(lora, pack_size, max_tokens) + full
+    return pack.plan(lora, pack_size, max_tokens) + full, conflicts

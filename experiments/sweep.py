@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, FAILURE_LOG_ENV: str(failure_log.resolve())}
     failed_grids = []
     if args.pack:
-        packed = _packed_command(names, args, results)
+        packed = _packed_command(names, args, results, failure_log)
         if packed is None:
             return 2
         commands = [("packed", packed)] if packed else []
@@ -187,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _packed_command(names: list[str], args: argparse.Namespace, results: Path) -> list[str] | None:
+def _packed_command(
+    names: list[str], args: argparse.Namespace, results: Path, failure_log: Path
+) -> list[str] | None:
     """Plan the packed jobs (experiments.packs), write their manifest under ``results``/.hydra and
     return the ``experiments.pack_job`` multirun that trains them with the sweep's launcher: ``[]``
-    when nothing is left to train, ``None`` after bad input (reported in one line)."""
+    when nothing is left to train, ``None`` after bad input (reported in one line). Runs not
+    trained for a conflict go to ``failure_log``."""
     from experiments.pack_job import describe, write_manifest
     from experiments.packs import jobs
     from lora_repro.errors import LoraReproError
@@ -198,25 +201,30 @@ def _packed_command(names: list[str], args: argparse.Namespace, results: Path) -
     if args.pack_size < 1 or (args.pack_tokens is not None and args.pack_tokens < 1):
         _bad("--pack-size and --pack-tokens must be >= 1")
         return None
+    from hydra.errors import HydraException
+
     run_overrides = [o for o in args.overrides if not o.startswith(("hydra.", "hydra/"))]
     try:
-        todo = jobs(names, run_overrides, args.pack_size, args.pack_tokens)
-    except LoraReproError as e:  # a bad --pack-tokens, or a grid's bad config
-        _bad(str(e))
+        todo, conflicts = jobs(names, run_overrides, args.pack_size, args.pack_tokens)
+    except (LoraReproError, HydraException) as e:  # bad --pack-tokens, override or config
+        _bad(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         return None
+    for cfg, error in conflicts:  # reported with the failed runs at the end (exit 1)
+        runs.append_jsonl(failure_log, {"overrides": [describe(cfg)], "error": error})
     n_packs = sum(c.adapter.method != "full" for job in todo for c in job[:1])
     n_runs = sum(len(job) for job in todo)
     print(
         f"== sweep {','.join(names)} packed: {n_runs} run(s) to train (finished runs and runs "
         f"two grids share left out) in {n_packs} pack(s) of at most {args.pack_size}, and "
-        f"{len(todo) - n_packs} full fine-tuning run(s) alone; launcher {args.launcher}",
+        f"{len(todo) - n_packs} full fine-tuning run(s) alone; launcher {args.launcher}"
+        + (f"; {len(conflicts)} run(s) in conflict, not trained" if conflicts else ""),
         flush=True,
     )
     for n, job in enumerate(todo):
         print(f"   job {n}: {'; '.join(describe(c) for c in job)}", flush=True)
     if not todo:
         return []
-    folder = results / ".hydra" / "packed" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    folder = results / ".hydra" / "packed" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
     manifest = write_manifest(folder / "manifest.yaml", todo)
     launcher_overrides = [o for o in args.overrides if o.startswith(("hydra.", "hydra/"))]
     return [

@@ -416,28 +416,46 @@ def _prepared_runs(
     return out
 
 
-def pending(cfgs: list[DictConfig]) -> list[DictConfig]:
+def pending(cfgs: list[DictConfig]) -> tuple[list[DictConfig], list[tuple[DictConfig, str]]]:
     """The runs of ``cfgs`` not finished yet (Table 5's r resolved from its budget first), each
-    run once (two configs naming one run directory are one run); full fine-tuning runs too.
+    run once (two configs naming one run directory with one identity are one run); full
+    fine-tuning runs too; and the conflicts, each ``(config, one-line error)``.
 
     Each group of runs that share model, task and train settings loads its model once. A run
-    whose directory holds a finished run with the same identity is left out; anything else is
-    kept (the training's claim then decides).
+    whose directory holds a finished run with the same identity is left out. A conflict is a run
+    whose directory holds a finished run with other settings, or that another config of the
+    sweep names with other settings (e.g. a swept ``train.lr``, which the directory name leaves
+    out): it is not trained, as :func:`lora_repro.lifecycle.claim` would refuse it.
     """
     out: list[DictConfig] = []
-    seen: set[Path] = set()
+    conflicts: list[tuple[DictConfig, str]] = []
+    seen: dict[Path, dict[str, Any]] = {}
     for group in _groups(cfgs, _shared_key):
         for r in _prepared_runs(group, allow_repeats=True, packing=False):
+            mine = lifecycle.identity(r.resolved)
             if r.run_dir in seen:  # e.g. Table 5's Wq at r = 8 is Table 6's Wq at r = 8
+                other = lifecycle.diff(seen[r.run_dir], mine)
+                if other:
+                    conflicts.append(
+                        (r.cfg, _conflict(r.run_dir, other, "another run of the sweep"))
+                    )
                 continue
-            seen.add(r.run_dir)
+            seen[r.run_dir] = mine
             state = runs.run_state(r.run_dir)
-            if state.usable and not lifecycle.diff(
-                lifecycle.identity(runs.read_config(r.run_dir)), lifecycle.identity(r.resolved)
-            ):
+            if state.usable:
+                other = lifecycle.diff(lifecycle.identity(runs.read_config(r.run_dir)), mine)
+                if other:
+                    conflicts.append((r.cfg, _conflict(r.run_dir, other, "a finished run")))
                 continue
             out.append(r.cfg)
-    return out
+    return out, conflicts
+
+
+def _conflict(run_dir: Path, differences: list[str], holder: str) -> str:
+    return (
+        f"RunConflict: {run_dir} is {holder} with other settings ({'; '.join(differences[:3])}); "
+        "set group=<name> to keep both, or change the folder with paths.results"
+    )
 
 
 def _groups(cfgs: list[DictConfig], key=pack_key) -> list[list[DictConfig]]:
@@ -474,11 +492,14 @@ def plan(
     return out
 
 
-def fit_pack(cfgs: list[DictConfig]) -> list[dict[str, Any] | None]:
+def fit_pack(
+    cfgs: list[DictConfig], errors: dict[int, str] | None = None
+) -> list[dict[str, Any] | None]:
     """Train the LoRA runs ``cfgs`` together over one frozen base model; write each run directory.
 
     Runs already finished are left out (their summary is returned); each other run is claimed
-    (:func:`lora_repro.lifecycle.claim`) and recorded (:func:`lora_repro.lifecycle.recording_all`):
+    (:func:`lora_repro.lifecycle.claim`: a run it refuses is left out, its error in ``errors``
+    under its index) and recorded (:func:`lora_repro.lifecycle.recording_all`):
     a run whose loss becomes NaN or infinite is marked failed with the reason and the others go
     on; an exception or stop signal marks every unfinished run failed.
 
@@ -498,7 +519,13 @@ def fit_pack(cfgs: list[DictConfig]) -> list[dict[str, Any] | None]:
     results: list[dict[str, Any] | None] = [None] * len(prepared)
     todo = []
     for i, r in enumerate(prepared):
-        done = lifecycle.claim(r.run_dir, r.resolved)
+        try:
+            done = lifecycle.claim(r.run_dir, r.resolved)
+        except LoraReproError as e:  # this run only (e.g. its folder holds another run)
+            log.error("run not trained, the pack goes on: %s: %s", type(e).__name__, e)
+            if errors is not None:
+                errors[i] = f"{type(e).__name__}: {e}"
+            continue
         if done is not None:
             results[i] = done
         else:

@@ -383,6 +383,35 @@ def test_sweep_pack_refuses_a_bad_pack_size_in_one_line(tmp_path, capsys):
     assert "--pack-size" in capsys.readouterr().err
     assert main(["--pack", "--pack-tokens", "0", f"paths.results={tmp_path}"]) == 2
     assert "--pack-tokens" in capsys.readouterr().err
+    for bad in ("train.nonexistent=1", "train.batch_size=abc", "seed=0,,"):
+        assert main(["--pack", "--sweep", "seeds", f"paths.results={tmp_path}", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_damaged_pack_manifest_is_named_in_one_line(tmp_path: Path):
+    from experiments.pack_job import read_job, write_manifest
+
+    good = write_manifest(tmp_path / "good.yaml", [[compose(*FAST)], [compose(*FAST, "seed=1")]])
+    assert [c.seed for c in read_job(good, 1)] == [1]
+    text = good.read_text(encoding="utf-8")
+    cases = {
+        "invalid.yaml": ("jobs: [[{model: ", 0),
+        "not_a_list.yaml": ("jobs: 3\n", 0),
+        "truncated.yaml": (text[: text.index("  adapter:")], 0),
+        "wrong_type.yaml": (text.replace("batch_size: 8", "batch_size: abc", 1), 0),
+        "negative.yaml": (text, -1),
+        "out_of_range.yaml": (text, 2),
+        "not_a_number.yaml": (text, "abc"),
+    }
+    for name, (content, job) in cases.items():
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(LoraReproError, match="rerun experiments.sweep --pack") as e:
+            read_job(path, job)
+        assert "\n" not in str(e.value), name
+    with pytest.raises(LoraReproError, match="cannot read job 0"):
+        read_job(tmp_path / "missing.yaml", 0)
 
 
 # Few steps on a small validation and test split: the sweep's plumbing, not the training
@@ -401,15 +430,23 @@ def test_sweep_pack_plans_the_paper_grid_into_packs_and_full_fine_tuning_jobs(tm
     from experiments.packs import jobs
     from experiments.sweep import PAPER
 
-    todo = jobs(PAPER, [f"paths.results={tmp_path}", *SHORT], 8, None)
+    todo, conflicts = jobs(PAPER, [f"paths.results={tmp_path}", *SHORT], 8, None)
+    assert conflicts == []
     kinds = [[c.adapter.method for c in job] for job in todo]
     assert kinds == [["lora"] * 8, ["lora"] * 8, ["lora"] * 4, ["full"]]
     # Table 5's Wq at its budget's r = 8 is Table 6's Wq at r = 8: trained once
     assert len({describe(c) for job in todo for c in job}) == 21
     assert sum("targets=[q] " in describe(c) and "r=8" in describe(c) for j in todo for c in j) == 0
-    assert [len(j) for j in jobs(PAPER, [f"paths.results={tmp_path}", *SHORT], 3, None)] == [
-        3, 3, 3, 3, 3, 3, 2, 1,
-    ]  # fmt: skip
+    smaller, _ = jobs(PAPER, [f"paths.results={tmp_path}", *SHORT], 3, None)
+    assert [len(j) for j in smaller] == [3, 3, 3, 3, 3, 3, 2, 1]
+    # a swept key the folder name leaves out makes another run in the same folder: a conflict,
+    # reported, not silently dropped
+    lr = jobs(
+        ["seeds"], [f"paths.results={tmp_path}", "seed=0", "train.lr=1e-3,2e-3", *SHORT], 8, None
+    )
+    (job,), ((cfg, error),) = lr
+    assert [c.train.lr for c in job] == [1e-3] and cfg.train.lr == 2e-3
+    assert error.startswith("RunConflict: ") and "train.lr" in error and "group=" in error
 
 
 @pytest.mark.slow
@@ -439,7 +476,7 @@ def test_a_full_fine_tuning_job_of_a_packed_sweep_trains_alone(tmp_path: Path):
     from experiments.pack_job import read_job, train_job, write_manifest
     from experiments.packs import jobs
 
-    (job,) = jobs(["full_qv"], [f"paths.results={tmp_path}", "seed=0", *SHORT], 8, None)
+    (job,), _ = jobs(["full_qv"], [f"paths.results={tmp_path}", "seed=0", *SHORT], 8, None)
     manifest = write_manifest(tmp_path / "manifest.yaml", [job])
     assert train_job(read_job(manifest, 0)) == []
     (d,) = runs.find_runs(tmp_path)
