@@ -358,6 +358,19 @@ def test_a_diverging_run_fails_alone_and_the_pack_goes_on(tmp_path: Path):
     assert "lower train.lr" in states["seed1"]["error"]
 
 
+@pytest.mark.slow
+def test_a_run_in_conflict_is_left_out_with_its_own_error_and_the_pack_goes_on(tmp_path: Path):
+    first = fit_pack([_cfg(tmp_path, ["train.max_steps=2"])])
+    assert first[0] is not None
+    errors: dict[int, str] = {}
+    other_steps = _cfg(tmp_path, ["train.max_steps=3"])  # seed 0's folder, other settings
+    done = fit_pack([other_steps, _cfg(tmp_path, ["train.max_steps=3", "seed=1"])], errors)
+    assert done[0] is None and done[1] is not None
+    assert list(errors) == [0] and errors[0].startswith("RunConflict: ")
+    seed0 = {d.name: d for d in runs.find_runs(tmp_path)}["seed0"]
+    assert runs.read_json(seed0 / "summary.json")["steps"] == 2  # the finished run is untouched
+
+
 def test_sweep_pack_expands_each_grid_with_the_command_line_overrides():
     from experiments.packs import combinations
 
