@@ -574,10 +574,6 @@ def _train_pack(
     prec = resolve_precision(tc.precision, device)
     log.info("precision: %s (%s); %d runs packed", prec.name, prec.reason, len(pack))
     track = make_track(cfg0, prep0.data, tok, device, prec.name)
-    if track.packed_loss is None:
-        raise PackError(
-            f"model.kind={cfg0.model.kind} on task {cfg0.task.name!r} has no packed loss"
-        )
 
     metas = []
     for r in pack:
@@ -614,13 +610,7 @@ def _train_pack(
     def evaluate(split: str, step_: int) -> None:
         packed.state.replicas = list(alive)
         try:
-            if track.packed_evaluate is not None:
-                results = track.packed_evaluate(model, split, len(alive))
-            else:  # one run's adapter at a time
-                results = []
-                for i in alive:
-                    packed.state.replicas = [i]
-                    results.append(track.evaluate(model, split))
+            results = track.packed_evaluate(model, split, len(alive))
         finally:
             packed.state.replicas = None
         final[split] = {}

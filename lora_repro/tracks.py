@@ -94,10 +94,8 @@ class Track:
     batch_loss: Callable[[Any, list[int]], torch.Tensor]
     evaluate: Callable[[Any, str], tuple[dict[str, float], list[str] | None]]
     splits: list[str]
-    packed_loss: Callable[[Any, list[list[int]]], list[torch.Tensor]] | None = None
-    packed_evaluate: (
-        Callable[[Any, str, int], list[tuple[dict[str, float], list[str] | None]]] | None
-    ) = None
+    packed_loss: Callable[[Any, list[list[int]]], list[torch.Tensor]]
+    packed_evaluate: Callable[[Any, str, int], list[tuple[dict[str, float], list[str] | None]]]
 
     @classmethod
     def of(cls, lengths, batch_loss, evaluate_copies, splits, packed_loss) -> Track:
