@@ -45,31 +45,20 @@ def combinations(grid: str, overrides: list[str]) -> list[list[str]]:
 
 
 def configs(grids: list[str], overrides: list[str]) -> list[Any]:
-    """The composed run configs of ``grids`` (a run two grids share appears once)."""
+    """The composed run configs of ``grids``, grid after grid (a run two grids share appears in
+    each: :func:`lora_repro.pack.pending` keeps it once, after Table 5's r is resolved)."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     import experiments.train  # noqa: F401  (registers the structured-config schema)
-    from lora_repro import lifecycle
     from lora_repro.train import _canonicalize
 
-    out, seen = [], set()
+    out = []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for grid in grids:
             for combo in combinations(grid, overrides):
                 cfg = compose(config_name="train", overrides=[f"+sweep={grid}", *combo])
                 _canonicalize(cfg)
-                a = cfg.adapter
-                # the same run when two grids ask for it: same folder and the same identity (a
-                # swept key the folder name leaves out, e.g. train.lr, makes another run)
-                ident = lifecycle.identity(OmegaConf.to_container(cfg, resolve=True))
-                key = (
-                    str(cfg.paths.results), str(lifecycle.run_dir_for(cfg, a.r)), a.budget,
-                    yaml.safe_dump(ident, sort_keys=True),
-                )  # fmt: skip
-                if key not in seen:
-                    seen.add(key)
-                    out.append(cfg)
+                out.append(cfg)
     return out
 
 
