@@ -61,12 +61,13 @@ def read_job(manifest: str | Path, job: Any) -> list[DictConfig]:
         jobs = OmegaConf.load(manifest).get("jobs")
     except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:
         raise bad(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if not isinstance(jobs, ListConfig) or not 0 <= index < len(jobs):
-        raise bad(
-            f"it holds no job {job} (jobs 0 .. {len(jobs) - 1 if isinstance(jobs, ListConfig) else -1})"
-        )
+    count = len(jobs) if isinstance(jobs, ListConfig) else 0
+    if not 0 <= index < count:
+        raise bad(f"it holds {count} job(s), numbered from 0")
+    if not isinstance(jobs[index], ListConfig):
+        raise bad("the job is not a list of run configs")
     out = []
-    for c in jobs[index] if isinstance(jobs[index], ListConfig) else [None]:
+    for c in jobs[index]:
         missing = [k for k in REQUIRED if not isinstance(c, DictConfig) or k not in c]
         if missing:
             raise bad(f"a run config lacks {', '.join(missing)}")
